@@ -70,13 +70,9 @@ fi
 # Stop whatever the install may have started anyway: only daemons run by the
 # packages' own users (a developer's own broker processes are left alone).
 service_pids() {
-    command -v pgrep >/dev/null 2>&1 || return 0
-    local users="" u
-    for u in rabbitmq redis epmd; do   # pgrep -u fails on an unknown user
-        id -u "$u" >/dev/null 2>&1 && users="${users:+$users,}$u"
-    done
-    [ -n "$users" ] || return 0
-    pgrep -x -u "$users" 'beam\.smp|epmd|redis-server|erl_child_setup|inet_gethost' || true
+    ps -eo pid=,user:32=,comm= 2>/dev/null | awk '
+        $2 ~ /^(rabbitmq|redis|epmd)$/ &&
+        $3 ~ /^(beam\.smp|epmd|redis-server|erl_child_setup|inet_gethost)$/ { print $1 }'
 }
 pids="$(service_pids)"
 if [ -n "$pids" ]; then

@@ -9,6 +9,9 @@ the clock is a C int64, and the per-message path calls the C API instead of
 Python methods wherever it can.
 """
 cimport cython
+from cpython.dict cimport PyDict_Next
+from cpython.object cimport PyObject
+from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
 from libc.string cimport memchr, memcmp
 
 import heapq
@@ -20,11 +23,92 @@ from kombu.message import Message
 from kombu.serialization import loads as kombu_loads
 
 try:  # exact JSON (big ints preserved)
-    from msgspec.json import Decoder as _JSONDecoder
+    import msgspec
 except ImportError:  # pragma: no cover - depends on the platform
-    _fast_json = None
+    _fast_json = _decode_event = None
+    _EVENT_FIELDS = ()
 else:
-    _fast_json = _JSONDecoder().decode
+    _fast_json = msgspec.json.Decoder().decode
+
+    class _Event(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+        """The body of a worker event exactly as Celery sends it (13 fields,
+        no others): such bodies skip the dict and land in the table as is."""
+        hostname: object
+        utcoffset: object
+        pid: object
+        clock: object
+        freq: object
+        active: object
+        processed: object
+        loadavg: object
+        sw_ident: object
+        sw_ver: object
+        sw_sys: object
+        timestamp: object
+        type: object
+
+    _decode_event = msgspec.json.Decoder(_Event).decode
+    _EVENT_FIELDS = _Event.__struct_fields__
+cdef frozenset _EVENT_FIELD_SET = frozenset(_EVENT_FIELDS) | {'local_received'}
+
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    ctypedef struct PyTypeObject
+
+
+# Where the fields the hot path reads sit inside an _Event: a Struct keeps
+# its fields in slots, so reading one is a load at a fixed offset (the
+# member descriptor's), not a Python attribute lookup.  Checked against
+# getattr at import; when it does not hold, _OFFSETS_OK is False and the
+# hot path uses getattr.
+cdef Py_ssize_t _OFF_HOSTNAME = 0, _OFF_CLOCK = 0, _OFF_FREQ = 0
+cdef Py_ssize_t _OFF_TIMESTAMP = 0, _OFF_TYPE = 0
+cdef bint _OFFSETS_OK = False
+
+
+cdef Py_ssize_t _member_offset(object cls, str name) except -1:
+    descr = cls.__dict__.get(name)
+    if type(descr).__name__ != 'member_descriptor':
+        return 0
+    return (<PyMemberDescrObject*>descr).d_member.offset
+
+
+cdef inline object _slot(object obj, Py_ssize_t offset):
+    cdef PyObject* value = (<PyObject**>((<char*><PyObject*>obj) + offset))[0]
+    if value == NULL:
+        raise AttributeError('unset field')
+    return <object>value
+
+
+def _init_offsets():
+    global _OFF_HOSTNAME, _OFF_CLOCK, _OFF_FREQ, _OFF_TIMESTAMP, _OFF_TYPE, _OFFSETS_OK
+    if _decode_event is None:
+        return False
+    _OFF_HOSTNAME = _member_offset(_Event, 'hostname')
+    _OFF_CLOCK = _member_offset(_Event, 'clock')
+    _OFF_FREQ = _member_offset(_Event, 'freq')
+    _OFF_TIMESTAMP = _member_offset(_Event, 'timestamp')
+    _OFF_TYPE = _member_offset(_Event, 'type')
+    if not (_OFF_HOSTNAME and _OFF_CLOCK and _OFF_FREQ and _OFF_TIMESTAMP and _OFF_TYPE):
+        return False
+    sample = _decode_event(
+        b'{"hostname": "h", "utcoffset": 0, "pid": 1, "clock": 7, "freq": 2.5,'
+        b' "active": 0, "processed": 0, "loadavg": [], "sw_ident": "i",'
+        b' "sw_ver": "v", "sw_sys": "s", "timestamp": 1.5, "type": "t"}')
+    _OFFSETS_OK = (
+        _slot(sample, _OFF_HOSTNAME) is sample.hostname
+        and _slot(sample, _OFF_CLOCK) is sample.clock
+        and _slot(sample, _OFF_FREQ) is sample.freq
+        and _slot(sample, _OFF_TIMESTAMP) is sample.timestamp
+        and _slot(sample, _OFF_TYPE) is sample.type)
+    return _OFFSETS_OK
+
+
+_init_offsets()
 
 __all__ = ('Clock', 'Worker', 'State', 'Receiver', 'MAX_PEER_CLOCK',
            'RESERVED_FIELDS', 'SLOTS_PER_SECOND', 'MAX_FREQ')
@@ -103,6 +187,9 @@ cdef bint has_type_marker(bytes data):
     cdef Py_ssize_t n = len(data), i = 0
     cdef const unsigned char* p = <const unsigned char*><char*>data
     cdef const unsigned char* found
+    # kombu's encodings are nested objects: with no second '{' there are none
+    if n < 2 or memchr(p + 1, 123, n - 1) == NULL:  # '{'
+        return False
     while i + 8 <= n:
         found = <const unsigned char*>memchr(p + i, 95, n - 7 - i)  # '_'
         if found == NULL:
@@ -111,6 +198,39 @@ cdef bint has_type_marker(bytes data):
             return True
         i = (found - p) + 1
     return False
+
+
+cdef object _MISSING = object()
+
+
+cdef object first_reserved_key(dict event):
+    """The first key of *event* in RESERVED_FIELDS, or None.
+
+    Walks the keys once and filters them on (first character, length), a
+    pair no field Celery sends shares with a reserved name, so a normal
+    heartbeat costs no hash lookups here.
+    """
+    cdef Py_ssize_t pos = 0, n
+    cdef PyObject* key
+    cdef PyObject* value
+    cdef Py_UCS4 first
+    while PyDict_Next(event, &pos, &key, &value):
+        if not PyUnicode_CheckExact(<object>key):
+            continue
+        n = PyUnicode_GET_LENGTH(<object>key)
+        if n < 2:
+            continue
+        first = PyUnicode_READ_CHAR(<object>key, 0)
+        if ((first == 'h' and (n == 10 or n == 13 or n == 17))
+                or (first == 'e' and (n == 5 or n == 13))
+                or (first == 'a' and n == 5)
+                or (first == 'i' and n == 2)
+                or (first == 's' and n == 13)
+                or (first == 'u' and n == 6)
+                or first == '_'):
+            if <object>key in RESERVED_FIELDS:
+                return <object>key
+    return None
 
 
 @cython.final
@@ -208,7 +328,12 @@ cdef class Worker:
     cdef long long _slot
     cdef bint _drift_warned
     cdef object _hostname
+    cdef dict _bucket  # the wheel slot it sits in, or None
     cdef dict _fields  # the same dict object as __dict__
+    # The last standard event (an _Event) and its receive time.  While set,
+    # its fields are served by __getattr__ and are absent from __dict__.
+    cdef object _event
+    cdef double _received
 
     heartbeat_max = _HB_MAX
     expire_window = 200
@@ -249,9 +374,42 @@ cdef class Worker:
 
     def update(self, fields, **kw):
         """Set fields as attributes (reserved names are ignored)."""
+        self.materialize()
         for key, value in dict(fields, **kw).items():
             if key not in RESERVED_FIELDS:
                 self._fields[key] = value
+
+    def __getattr__(self, name):
+        if self._event is not None:
+            if name == 'local_received':
+                return self._received
+            if name in _EVENT_FIELD_SET:
+                return getattr(self._event, name)
+        raise AttributeError(
+            f"'{type(self).__name__}' object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if self._event is not None and name in _EVENT_FIELD_SET:
+            self.materialize()
+        object.__setattr__(self, name, value)
+
+    cdef void set_event(self, object event, double received) except *:
+        """Take a standard event's fields without copying them."""
+        cdef dict fields = self._fields
+        if self._event is None and fields:
+            for name in _EVENT_FIELD_SET:
+                fields.pop(name, None)
+        self._event = event
+        self._received = received
+
+    cpdef materialize(self):
+        """Move the last standard event's fields into ``__dict__``."""
+        event = self._event
+        if event is not None:
+            self._event = None
+            for name in _EVENT_FIELDS:
+                self._fields[name] = getattr(event, name)
+            self._fields['local_received'] = self._received
 
     def __repr__(self):
         return '<Worker: {0.hostname} ({0.status_string} clock:{0.clock})'.format(self)
@@ -290,6 +448,10 @@ cdef class State:
     cdef public Py_ssize_t event_count, joins, leaves, losses
     cdef dict _wheel
     cdef list _slots
+    cdef long long _last_slot
+    cdef dict _last_bucket
+    cdef bint _created
+    cdef str _subject
 
     def __init__(self, on_node_join=None, on_node_leave=None,
                  on_reject=None, on_drift=None):
@@ -304,6 +466,8 @@ cdef class State:
         self.losses = 0
         self._wheel = {}
         self._slots = []
+        self._last_slot = -1
+        self._last_bucket = None
 
     cdef object _reject(self, str reason, object hostname, object detail):
         if self.on_reject is not None:
@@ -316,9 +480,13 @@ cdef class State:
         Returns ``((worker, created), subject)`` for worker events, as stock
         does, and None for events that do not change the table.
         """
-        return self.apply(event)
+        cdef Worker worker = self.apply(event)
+        if worker is None:
+            return None
+        return (worker, self._created), self._subject
 
-    cdef object apply(self, dict event):
+    cdef Worker apply(self, dict event):
+        """The work of :meth:`event`; sets ``_created`` and ``_subject``."""
         cdef double timestamp, received, freq = -1.0
         cdef Worker worker
         cdef bint created
@@ -326,7 +494,8 @@ cdef class State:
         self.event_count += 1
         type_ = event.get('type')
         if type(type_) is not str:
-            return self._reject('bad_type', event.get('hostname'), type_)
+            self._reject('bad_type', event.get('hostname'), type_)
+            return None
         if type_ == 'worker-heartbeat':
             subject = 'heartbeat'
         else:
@@ -335,24 +504,27 @@ cdef class State:
                 return None
         hostname = event.get('hostname')
         if type(hostname) is not str or not hostname:
-            return self._reject('bad_hostname', None, hostname)
+            self._reject('bad_hostname', None, hostname)
+            return None
         timestamp = as_seconds_c(event.get('timestamp'), _MAX_TIME)
         if timestamp < 0.0:
-            return self._reject('bad_timestamp', hostname, event.get('timestamp'))
+            self._reject('bad_timestamp', hostname, event.get('timestamp'))
+            return None
         received = as_seconds_c(event.get('local_received'), _MAX_TIME)
         if received < 0.0:
-            return self._reject('bad_local_received', hostname,
-                                event.get('local_received'))
-        raw_freq = event.get('freq', None)
-        if raw_freq is not None or 'freq' in event:
+            self._reject('bad_local_received', hostname, event.get('local_received'))
+            return None
+        raw_freq = event.get('freq', _MISSING)
+        if raw_freq is not _MISSING:
             freq = as_seconds_c(raw_freq, _MAX_FREQ)
             if freq < 0.0:
-                return self._reject('bad_freq', hostname, raw_freq)
-        for key in _RESERVED:
-            if key in event:
-                self._reject('reserved_field', hostname, key)
-                event = {k: v for k, v in event.items() if k not in RESERVED_FIELDS}
-                break
+                self._reject('bad_freq', hostname, raw_freq)
+                return None
+        reserved = first_reserved_key(event)
+        if reserved is not None:
+            self._reject('reserved_field', hostname, reserved)
+            event = {k: v for k, v in event.items() if k not in RESERVED_FIELDS}
+        self._subject = subject
         found = self.workers.get(hostname)
         if subject == 'offline':
             return self._offline(found, hostname, event)
@@ -362,6 +534,8 @@ cdef class State:
             self.workers[hostname] = worker
         else:
             worker = <Worker>found
+        self._created = created
+        worker.materialize()
         worker._fields.update(event)
         if freq > 0.0:
             worker._freq = freq
@@ -370,22 +544,45 @@ cdef class State:
             self.joins += 1
             if self.on_node_join is not None:
                 self.on_node_join(worker)
-        return (worker, created), subject
+        return worker
 
-    cdef object _offline(self, object found, object hostname, dict event):
+    cdef void apply_event(self, object event, str hostname, bint online,
+                          double timestamp, double freq, double received) except *:
+        """Apply a validated standard worker event (not offline): the fast
+        lane of :meth:`apply`, with the same effects."""
         cdef Worker worker
+        self.event_count += 1
+        found = self.workers.get(hostname)
+        created = found is None
+        if created:
+            worker = Worker(hostname)
+            self.workers[hostname] = worker
+        else:
+            worker = <Worker>found
+        worker.set_event(event, received)
+        worker._freq = freq
+        self._heartbeat(worker, timestamp, received)
+        if created or online:
+            self.joins += 1
+            if self.on_node_join is not None:
+                self.on_node_join(worker)
+
+    cdef Worker _offline(self, object found, object hostname, dict event):
+        cdef Worker worker
+        self._created = False
         if found is None:  # unknown host: tell, but do not store
             worker = Worker(hostname)
         else:
             worker = <Worker>found
             self._unschedule(worker)
             del self.workers[hostname]
+            worker.materialize()
         worker._fields.update(event)
         worker._n = 0
         self.leaves += 1
         if self.on_node_leave is not None:
             self.on_node_leave(worker)
-        return (worker, False), 'offline'
+        return worker
 
     cdef inline void _heartbeat(self, Worker worker, double timestamp, double received) except *:
         cdef long long drift
@@ -404,25 +601,40 @@ cdef class State:
 
     cdef inline void _schedule(self, Worker worker) except *:
         cdef long long slot = <long long>(worker._expires * _SLOTS_PER_SECOND)
+        cdef dict bucket
         if slot == worker._slot:
             return
         self._unschedule(worker)
-        bucket = self._wheel.get(slot)
-        if bucket is None:
-            bucket = self._wheel[slot] = {}
-            _heappush(self._slots, slot)
-        (<dict>bucket)[worker._hostname] = worker
+        # heartbeats arrive in time order, so most land in the slot of the
+        # previous one: remember it and skip the wheel lookup
+        if slot == self._last_slot and self._last_bucket is not None:
+            bucket = self._last_bucket
+        else:
+            key = slot
+            found = self._wheel.get(key)
+            if found is None:
+                bucket = {}
+                self._wheel[key] = bucket
+                _heappush(self._slots, key)
+            else:
+                bucket = <dict>found
+            self._last_slot = slot
+            self._last_bucket = bucket
+        bucket[worker._hostname] = worker
         worker._slot = slot
+        worker._bucket = bucket
 
     cdef inline void _unschedule(self, Worker worker) except *:
-        if worker._slot < 0:
+        cdef dict bucket = worker._bucket
+        if bucket is None:
             return
-        bucket = self._wheel.get(worker._slot)
-        if bucket is not None:
-            (<dict>bucket).pop(worker._hostname, None)
-            if not bucket:
-                del self._wheel[worker._slot]
+        bucket.pop(worker._hostname, None)
+        if not bucket:
+            self._wheel.pop(worker._slot, None)
+            if bucket is self._last_bucket:
+                self._last_bucket = None
         worker._slot = -1
+        worker._bucket = None
 
     def sweep(self, now=None):
         """Remove and return the workers whose heartbeats expired by *now*.
@@ -443,6 +655,8 @@ cdef class State:
                 _heappop(slots)
                 continue
             bucket = <dict>found
+            if bucket is self._last_bucket:
+                self._last_bucket = None
             if slot < current:
                 _heappop(slots)
                 del wheel[slot]
@@ -457,6 +671,7 @@ cdef class State:
             for w in expired:
                 worker = <Worker>w
                 worker._slot = -1
+                worker._bucket = None
                 # user code may have removed or replaced the entry
                 if workers.get(worker._hostname) is worker:
                     del workers[worker._hostname]
@@ -505,6 +720,7 @@ cdef class State:
         self.workers.clear()
         self._wheel.clear()
         del self._slots[:]
+        self._last_bucket = None
 
     def __len__(self):
         return len(self.workers)
@@ -525,11 +741,23 @@ cdef class Receiver:
     cdef public object gossip
     cdef public object state
     cdef public object clock
-    cdef public object accept
+    cdef object _accept
+    cdef bint _json_accepted
     cdef public object state_event
     cdef public object fast_prepare
     cdef public Py_ssize_t received, applied, own, skipped_tasks, decode_fallbacks
     cdef State _state
+    cdef object _message_type  # the last kombu Message class seen
+
+    @property
+    def accept(self):
+        """Content types we decode (kombu's prepared ``accept`` set)."""
+        return self._accept
+
+    @accept.setter
+    def accept(self, value):
+        self._accept = value
+        self._json_accepted = value is None or JSON in value
 
     def __init__(self, gossip, state, clock, accept):
         self.gossip = gossip
@@ -548,6 +776,29 @@ cdef class Receiver:
 
     # -- decoding ----------------------------------------------------------
 
+    cdef object fast_body(self, message):
+        """The raw JSON bytes of *message* if we may decode them ourselves:
+        a real kombu message, JSON in ``accept``, UTF-8, not compressed, and
+        no kombu ``__type__`` objects.  Else None."""
+        if _fast_json is None:
+            return None
+        if type(message) is not self._message_type:
+            if not isinstance(message, Message):
+                return None
+            self._message_type = type(message)
+        # (kombu's decoding errors come from compression or a str body,
+        # both excluded here)
+        body = message.body
+        if (type(body) is not bytes or message.content_type != JSON
+                or not self._json_accepted):
+            return None
+        encoding = message.content_encoding
+        if not (encoding is None or encoding == 'utf-8' or encoding == 'utf8'):
+            return None
+        if message.headers.get('compression') or has_type_marker(<bytes>body):
+            return None
+        return body
+
     cpdef object decode(self, message):
         """The message's payload, or None (and a rejection) if it is bad.
 
@@ -562,25 +813,71 @@ cdef class Receiver:
                 return self._reject('decode_error', None, exc)
         if message.errors:
             return self._reject('decode_error', None, 'undecompressable body')
-        body = message.body
-        content_type = message.content_type
-        accept = self.accept
-        if (_fast_json is not None and type(body) is bytes
-                and content_type == JSON
-                and (accept is None or JSON in accept)):
-            encoding = message.content_encoding
-            if ((encoding is None or encoding == 'utf-8' or encoding == 'utf8')
-                    and not message.headers.get('compression')
-                    and not has_type_marker(<bytes>body)):
-                try:
-                    return _fast_json(body)
-                except Exception:
-                    self.decode_fallbacks += 1  # NaN, Infinity, bad UTF-8: kombu decides
+        body = self.fast_body(message)
+        if body is not None:
+            try:
+                return _fast_json(body)
+            except Exception:
+                self.decode_fallbacks += 1  # NaN, Infinity, bad UTF-8: kombu decides
         try:
-            return kombu_loads(body, content_type, message.content_encoding,
-                               accept=accept)
+            return kombu_loads(message.body, message.content_type,
+                               message.content_encoding, accept=self._accept)
         except Exception as exc:
             return self._reject('decode_error', None, exc)
+
+    cdef bint fast_lane(self, object gossip, object message) except -1:
+        """Handle a standard worker event without building a dict.
+
+        Returns False, having changed nothing, when the message is anything
+        else (another shape, bad or odd values, offline, own events via the
+        header mismatch rules...): the general path then handles it.
+        """
+        cdef double timestamp, freq
+        raw = self.fast_body(message)
+        if raw is None:
+            return False
+        try:
+            event = _decode_event(raw)
+        except Exception:
+            return False
+        if _OFFSETS_OK:
+            hostname = _slot(event, _OFF_HOSTNAME)
+            type_ = _slot(event, _OFF_TYPE)
+            clock_value = _slot(event, _OFF_CLOCK)
+            timestamp_value = _slot(event, _OFF_TIMESTAMP)
+            freq_value = _slot(event, _OFF_FREQ)
+        else:
+            hostname = event.hostname
+            type_ = event.type
+            clock_value = event.clock
+            timestamp_value = event.timestamp
+            freq_value = event.freq
+        if type(hostname) is not str or not hostname:
+            return False
+        headers = message.headers
+        header_host = (<dict>headers).get('hostname') if type(headers) is dict else None
+        if header_host and header_host != hostname:
+            return False
+        if hostname == gossip.hostname:
+            return False
+        if (type(type_) is not str or not (<str>type_).startswith('worker-')
+                or type_ == 'worker-offline'):
+            return False
+        if not valid_peer_clock_c(clock_value):
+            return False
+        timestamp = as_seconds_c(timestamp_value, _MAX_TIME)
+        freq = as_seconds_c(freq_value, _MAX_FREQ)
+        if timestamp < 0.0 or freq < 0.0:
+            return False
+        clock = gossip.clock
+        if type(clock) is Clock:
+            (<Clock>clock).adjust_c(clock_value)
+        else:
+            clock.adjust(clock_value)
+        self._state.apply_event(event, hostname, type_ == 'worker-online',
+                                timestamp, freq, <double>_time())
+        self.applied += 1
+        return True
 
     cdef object _reject(self, str reason, object hostname, object detail):
         self.gossip._reject(reason, hostname, detail)
@@ -644,6 +941,13 @@ cdef class Receiver:
             if type(payload) is not dict:
                 return self._reject('bad_body', None, type(payload).__name__)
             return gossip._call_event_handler(handler, payload)
+        if (prepare is self.fast_prepare and self._state is not None
+                and gossip.update_state is self.state_event):
+            try:
+                if self.fast_lane(gossip, message):
+                    return None
+            except Exception as exc:  # never raise out of the consumer
+                return self._reject('error', None, exc)
         found = self.decode(message)
         if found is None:
             return None
@@ -675,7 +979,7 @@ cdef class Receiver:
                 event = prepare(body)[1]
             update_state = gossip.update_state
             if update_state is self.state_event and self._state is not None:
-                self._state.apply(event)
+                self._state.apply(<dict>event)
             else:
                 update_state(event)
         except Exception as exc:  # never raise out of the consumer

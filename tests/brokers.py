@@ -247,7 +247,7 @@ class _Server:
                 return
             except Exception as exc:  # not ready yet
                 error = exc
-                time.sleep(0.2)
+                time.sleep(0.1)
         raise BrokerStartError(
             f"{self.program} at {url} not ready after {START_TIMEOUT:.0f} s "
             f"(last error: {error!r}).\n--- log tail ---\n{log_tail()}"
