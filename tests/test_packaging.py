@@ -1,0 +1,355 @@
+"""Packaging checks: what the sdist and the wheel contain, the type stubs of
+the compiled core, and which gossip_fast the test run imported.
+
+``test_sdist_and_wheel_contents`` builds both distributions from the source
+tree once per session (``python -m build --no-isolation``, about 20 s here)
+and checks their listings.  It needs ``build`` and the build requirements of
+pyproject.toml (setuptools, Cython) installed; without them it skips, except
+under CI (``CI=true``), where it fails instead.
+
+The two environment variables below are set by the wheel tests
+(``[tool.cibuildwheel] test-environment`` and ``scripts/check-wheel.sh``),
+which run this suite against an installed distribution, outside the source
+tree:
+
+- ``GOSSIP_FAST_EXPECT_IMPLEMENTATION=cython|python``: the active hot path
+  must be that one.
+- ``GOSSIP_FAST_EXPECT_INSTALLED=1``: ``gossip_fast`` must have been imported
+  from site-packages, not from a source tree that found its way onto
+  ``sys.path``.
+"""
+import ast
+import importlib
+import importlib.machinery
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
+
+import pytest
+
+import gossip_fast
+from gossip_fast import implementation
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(gossip_fast.__file__).resolve().parent
+BUILD_TIMEOUT = 300  # seconds; a build takes about 20 s on a 2-core machine
+
+
+def _truthy(name):
+    return os.environ.get(name, '').strip().lower() in ('1', 'true', 'yes', 'on')
+
+
+def _skip_or_fail(reason):
+    """Skip, or fail under CI: CI must never skip the packaging checks."""
+    if _truthy('CI'):
+        pytest.fail(f'{reason} (CI=true: this test must run there)')
+    pytest.skip(reason)
+
+
+# -- which gossip_fast is under test -------------------------------------------
+
+def test_imported_gossip_fast_is_the_expected_one():
+    core = implementation.core
+    assert gossip_fast.IMPLEMENTATION in ('cython', 'python')
+    assert (gossip_fast.IMPLEMENTATION == 'cython') == (
+        core.__name__ == 'gossip_fast._core'), core.__name__
+
+    expected = os.environ.get('GOSSIP_FAST_EXPECT_IMPLEMENTATION', '').strip()
+    if expected:
+        assert gossip_fast.IMPLEMENTATION == expected, (
+            f'expected the {expected} core, got {gossip_fast.IMPLEMENTATION} '
+            f'({core.__file__}); extension error: {implementation.EXTENSION_ERROR!r}')
+
+    if _truthy('GOSSIP_FAST_EXPECT_INSTALLED'):
+        site_dirs = {Path(sysconfig.get_paths()[key]).resolve()
+                     for key in ('purelib', 'platlib')}
+        assert any(site in PACKAGE_DIR.parents for site in site_dirs), (
+            f'gossip_fast was imported from {PACKAGE_DIR}, not from the installed '
+            f'distribution in {sorted(map(str, site_dirs))}; sys.path={sys.path}')
+        assert PACKAGE_DIR != ROOT / 'gossip_fast', PACKAGE_DIR
+
+
+# -- the type stubs of the compiled core --------------------------------------
+
+def _stub_names():
+    """(module-level names, {class: member names}, __all__) of _core.pyi."""
+    path = PACKAGE_DIR / '_core.pyi'
+    assert path.is_file(), f'{path} is missing (it must ship with the package)'
+    tree = ast.parse(path.read_text(encoding='utf-8'), str(path))
+
+    def public(name):
+        return not name.startswith('_')
+
+    def targets(node):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            return [node.target.id]
+        if isinstance(node, ast.Assign):
+            return [t.id for t in node.targets if isinstance(t, ast.Name)]
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            return [node.name]
+        return []
+
+    module, classes, all_ = set(), {}, None
+    for node in tree.body:
+        module.update(n for n in targets(node) if public(n))
+        if isinstance(node, ast.ClassDef):
+            classes[node.name] = {
+                n for child in node.body for n in targets(child) if public(n)}
+        if '__all__' in targets(node):
+            all_ = ast.literal_eval(node.value)
+    return module, classes, all_
+
+
+def _runtime_module_names(module):
+    """Public names defined by *module* itself (not the modules, classes and
+    functions it imports)."""
+    names = set()
+    for name in dir(module):
+        if name.startswith('_'):
+            continue
+        value = getattr(module, name)
+        if isinstance(value, type(os)):
+            continue
+        if callable(value) and getattr(value, '__module__', module.__name__) != module.__name__:
+            continue
+        names.add(name)
+    return names
+
+
+def _instances(core):
+    """One instance of each class of *core*, so instance attributes count."""
+    state = core.State()
+    clock = core.Clock()
+    gossip = SimpleNamespace(hostname='me@host', clock=clock, event_handlers={},
+                             update_state=state.event)
+    return {
+        'Clock': clock,
+        'Worker': core.Worker('peer@host'),
+        'State': state,
+        'Receiver': core.Receiver(gossip, state, clock, {'application/json'}),
+    }
+
+
+@pytest.mark.parametrize('module_name', ['gossip_fast._core', 'gossip_fast._core_py'])
+def test_core_stub_matches_the_module(module_name):
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        pytest.skip(f'{module_name} is not built here: {exc}')
+    stub_module, stub_classes, stub_all = _stub_names()
+    runtime = _runtime_module_names(module)
+    if module_name == 'gossip_fast._core':
+        assert stub_module == runtime, (
+            f'only in _core.pyi: {sorted(stub_module - runtime)}; '
+            f'only in {module_name}: {sorted(runtime - stub_module)}')
+    else:  # the fallback may have a few more module constants (e.g. JSON)
+        assert stub_module <= runtime, sorted(stub_module - runtime)
+    assert sorted(stub_all) == sorted(module.__all__)
+    assert set(stub_classes) == {'Clock', 'Worker', 'State', 'Receiver'}
+    for name, instance in _instances(module).items():
+        members = {n for n in dir(instance) if not n.startswith('_')}
+        declared = stub_classes[name]
+        if module_name == 'gossip_fast._core':
+            assert declared == members, (
+                f'{name}: only in _core.pyi: {sorted(declared - members)}; '
+                f'only in {module_name}: {sorted(members - declared)}')
+        else:  # tests/test_differential.py holds the two cores to the same API
+            assert members <= declared, (
+                f'{name}: not in _core.pyi: {sorted(members - declared)}')
+
+
+# -- the sdist and the wheel ---------------------------------------------------
+
+def _source_version():
+    text = (ROOT / 'gossip_fast' / '_version.py').read_text(encoding='utf-8')
+    for node in ast.parse(text).body:
+        if (isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == '__version__' for t in node.targets)):
+            return ast.literal_eval(node.value)
+    raise AssertionError('no __version__ in gossip_fast/_version.py')
+
+
+def _load_toml(path):
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pytest depends on tomli there
+        import tomli as tomllib
+    with open(path, 'rb') as f:
+        return tomllib.load(f)
+
+
+def _missing_build_requirements():
+    """The build requirements that are not installed (or too old)."""
+    from packaging.requirements import Requirement
+
+    missing = []
+    if importlib.util.find_spec('build') is None:
+        missing.append('build')
+    requires = _load_toml(ROOT / 'pyproject.toml')['build-system']['requires']
+    for text in requires:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            version = importlib.metadata.version(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(text)
+            continue
+        if not req.specifier.contains(version, prereleases=True):
+            missing.append(f'{text} (have {version})')
+    return missing
+
+
+def _have_compiler():
+    if sys.platform == 'win32':
+        return shutil.which('cl') is not None or bool(os.environ.get('VSINSTALLDIR'))
+    cc = os.environ.get('CC') or sysconfig.get_config_var('CC') or 'cc'
+    words = shlex.split(cc)
+    return bool(words) and shutil.which(words[0]) is not None
+
+
+def _source_files(folder):
+    """Files of *folder* (relative to ROOT) that a release must carry."""
+    skip_dirs = {'__pycache__', '.hypothesis', '.pytest_cache', '.benchmarks'}
+    found = set()
+    for path in (ROOT / folder).rglob('*'):
+        rel = path.relative_to(ROOT)
+        if path.is_file() and not skip_dirs & set(rel.parts) and path.suffix not in (
+                '.pyc', '.pyo', '.so', '.pyd', '.c', '.html'):
+            found.add(rel.as_posix())
+    return found
+
+
+@pytest.fixture(scope='session')
+def dists(tmp_path_factory):
+    """Build the sdist and, from it, the wheel, once per session."""
+    for needed in ('pyproject.toml', 'setup.py', 'src/_core.pyx', 'gossip_fast/_version.py'):
+        if not (ROOT / needed).is_file():
+            _skip_or_fail(f'not a source checkout: {ROOT / needed} is missing')
+    missing = _missing_build_requirements()
+    if missing:
+        _skip_or_fail('the build requirements are not installed (needed for '
+                      f'python -m build --no-isolation): {", ".join(missing)}')
+    compiled = _have_compiler()
+    env = dict(os.environ)
+    env.pop('GOSSIP_FAST_NO_EXTENSIONS', None)
+    if compiled:  # a wheel without the compiled core is then an error
+        env['GOSSIP_FAST_REQUIRE_EXTENSIONS'] = '1'
+    else:
+        env.pop('GOSSIP_FAST_REQUIRE_EXTENSIONS', None)
+    before = {
+        'package': {p.name for p in (ROOT / 'gossip_fast').glob('*.py')},
+        'tests': _source_files('tests'),
+    }
+    out = tmp_path_factory.mktemp('dist')
+    cmd = [sys.executable, '-m', 'build', '--no-isolation', '--outdir', str(out), str(ROOT)]
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=BUILD_TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f'{shlex.join(cmd)} took more than {BUILD_TIMEOUT} s:\n'
+                    f'{(exc.output or "")[-4000:]}')
+    if proc.returncode:
+        pytest.fail(f'{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-6000:]}')
+    sdists = sorted(out.glob('*.tar.gz'))
+    wheels = sorted(out.glob('*.whl'))
+    assert len(sdists) == 1 and len(wheels) == 1, sorted(p.name for p in out.iterdir())
+    return SimpleNamespace(sdist=sdists[0], wheel=wheels[0], compiled=compiled,
+                           version=_source_version(), log=proc.stdout, **before)
+
+
+def _check_wheel(d):
+    version = d.version
+    assert d.wheel.name.startswith(f'gossip_fast-{version}-'), d.wheel.name
+    with zipfile.ZipFile(d.wheel) as whl:
+        names = set(whl.namelist())
+        dist_info = f'gossip_fast-{version}.dist-info'
+        metadata = whl.read(f'{dist_info}/METADATA').decode()
+        wheel_meta = whl.read(f'{dist_info}/WHEEL').decode()
+        entry_points = whl.read(f'{dist_info}/entry_points.txt').decode() if (
+            f'{dist_info}/entry_points.txt' in names) else ''
+
+    # only the package and its metadata
+    tops = {PurePosixPath(n).parts[0] for n in names}
+    assert tops == {'gossip_fast', dist_info}, sorted(tops)
+    for name in sorted(names):
+        path = PurePosixPath(name)
+        assert path.suffix not in ('.c', '.pyx', '.pxd', '.h', '.html', '.pyc', '.pyo'), name
+        assert '__pycache__' not in path.parts, name
+        assert not {'src', 'tests', 'benchmarks', 'scripts'} & set(path.parts), name
+
+    for module in sorted(d.package):
+        assert f'gossip_fast/{module}' in names, f'{module} is not in the wheel'
+    assert 'gossip_fast/py.typed' in names
+    assert 'gossip_fast/_core.pyi' in names
+    assert 'gossip_fast/_core_py.py' in names
+    compiled = sorted(n for n in names if re.fullmatch(r'gossip_fast/_core\.[^/]+', n)
+                      and n.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)))
+    if d.compiled:
+        assert len(compiled) == 1, f'compiled core in the wheel: {compiled}'
+        assert 'Root-Is-Purelib: false' in wheel_meta, wheel_meta
+        assert 'Tag: py3-none-any' not in wheel_meta, wheel_meta
+
+    # metadata: the single-sourced version, the license, the entry points
+    assert re.search(rf'^Version: {re.escape(version)}$', metadata, re.M), metadata[:400]
+    assert re.search(r'^License-Expression: BSD-3-Clause$', metadata, re.M), metadata[:800]
+    assert f'{dist_info}/licenses/LICENSE' in names, sorted(names)
+    assert re.search(r'^Requires-Python: >=3\.10$', metadata, re.M)
+    for target in re.findall(r'^\s*[\w.-]+\s*=\s*([\w.]+):', entry_points, re.M):
+        module = target.replace('.', '/')
+        assert f'{module}.py' in names or f'{module}/__init__.py' in names, (
+            f'entry point target {target} is not in the wheel')
+
+
+def _check_sdist(d):
+    version = d.version
+    top = f'gossip_fast-{version}'
+    assert d.sdist.name == f'{top}.tar.gz', d.sdist.name
+    with tarfile.open(d.sdist) as tar:
+        members = tar.getmembers()
+        pkg_info = tar.extractfile(f'{top}/PKG-INFO').read().decode()
+    names = set()
+    for member in members:
+        path = PurePosixPath(member.name)
+        assert path.parts[0] == top and '..' not in path.parts, member.name
+        if member.isfile():
+            names.add(PurePosixPath(*path.parts[1:]).as_posix())
+
+    required = {
+        'src/_core.pyx', 'setup.py', 'pyproject.toml', 'README.md', 'LICENSE',
+        'CHANGELOG.md', 'MANIFEST.in', 'PKG-INFO',
+        'gossip_fast/py.typed', 'gossip_fast/_core.pyi',
+    }
+    required |= {f'gossip_fast/{m}' for m in d.package}
+    required |= d.tests
+    assert not required - names, f'missing from the sdist: {sorted(required - names)}'
+
+    allowed_tops = {
+        'CHANGELOG.md', 'LICENSE', 'MANIFEST.in', 'PKG-INFO', 'README.md',
+        'pyproject.toml', 'setup.py', 'setup.cfg', 'src', 'gossip_fast',
+        'gossip_fast.egg-info', 'tests', 'scripts', 'docs',
+    }
+    tops = {PurePosixPath(n).parts[0] for n in names}
+    assert tops <= allowed_tops, f'unexpected in the sdist: {sorted(tops - allowed_tops)}'
+    for name in sorted(names):
+        path = PurePosixPath(name)
+        assert path.suffix not in ('.so', '.pyd', '.dylib', '.c', '.pyc', '.pyo', '.o'), name
+        assert not {'__pycache__', '.venv', 'build', 'dist', 'wheelhouse', 'benchmarks',
+                    '.git', '.hypothesis', '.pytest_cache'} & set(path.parts), name
+    assert re.search(rf'^Version: {re.escape(version)}$', pkg_info, re.M), pkg_info[:400]
+
+
+@pytest.mark.slow
+def test_sdist_and_wheel_contents(dists):
+    _check_sdist(dists)
+    _check_wheel(dists)
