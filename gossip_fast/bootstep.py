@@ -11,10 +11,10 @@ As with stock Celery, tests and users may patch this module's ``logger``,
 ``election_handlers``, ``clock``, ``dispatcher``, ``on_node_*`` and ``state``
 on an instance at run time: they are looked up when used.
 """
-import time
 from collections import Counter, defaultdict
 from functools import partial
 from operator import itemgetter
+from time import monotonic
 
 from kombu import Consumer
 from kombu.asynchronous.semaphore import DummyLock
@@ -144,7 +144,7 @@ class Gossip(bootsteps.ConsumerStep):
 
     def election(self, id, topic, action=None):
         self.consensus_replies[id] = []
-        self._election_started.setdefault(id, time.monotonic())
+        self._election_started.setdefault(id, monotonic())
         self.elections['started'] += 1
         self.dispatcher.send(
             'worker-elect',
@@ -169,7 +169,7 @@ class Gossip(bootsteps.ConsumerStep):
                 or not isinstance(id_, (str, int))):
             return self._reject('bad_election', hostname,
                                 {'id': id_, 'clock': clock, 'topic': topic})
-        self._election_started.setdefault(id_, time.monotonic())
+        self._election_started.setdefault(id_, monotonic())
         self.consensus_requests[id_].append(
             (clock, f'{hostname}.{pid}', topic, action))
         self.dispatcher.send('worker-elect-ack', id=id_)
@@ -206,10 +206,12 @@ class Gossip(bootsteps.ConsumerStep):
             return len(replies) >= len(set(state.alive_workers()))
         if len(replies) < state.alive_count():
             return False
-        requesters = {request[1] for request in self.consensus_requests.get(id, ())}
-        if self.full_hostname not in requesters:
+        # request ids are 'hostname.pid'; pids have no dots
+        requesters = {request[1].rpartition('.')[0]
+                      for request in self.consensus_requests.get(id, ())}
+        if self.hostname not in requesters:
             return False
-        return all(worker.id in requesters for worker in state.alive_workers())
+        return all(worker.hostname in requesters for worker in state.alive_workers())
 
     def _maybe_decide(self, id):
         replies = self.consensus_replies.get(id)
@@ -283,7 +285,7 @@ class Gossip(bootsteps.ConsumerStep):
         """Count bad input and log it, at most once per reason per
         :data:`BAD_INPUT_LOG_INTERVAL` seconds."""
         (self.sanitized if reason in SANITIZED else self.dropped)[reason] += 1
-        now = time.monotonic()
+        now = monotonic()
         last = self._bad_input_logged.get(reason)
         if last is not None and now - last < BAD_INPUT_LOG_INTERVAL:
             self._bad_input_suppressed[reason] += 1
@@ -325,7 +327,7 @@ class Gossip(bootsteps.ConsumerStep):
             for worker in dirty:
                 workers.pop(worker.hostname, None)
         if self._election_started:
-            self._expire_elections(time.monotonic())
+            self._expire_elections(monotonic())
 
     # -- consuming ---------------------------------------------------------------
 

@@ -144,6 +144,7 @@ DEFAULT_FIELDS = (
 cdef extern from "Python.h":
     # the instance dict of an extension object (created on first use)
     object PyObject_GenericGetDict(object obj, void* context)
+    int PyObject_GenericSetAttr(object obj, object name, object value) except -1
 
 cdef str JSON = 'application/json'
 cdef object _time = time.time
@@ -391,7 +392,7 @@ cdef class Worker:
     def __setattr__(self, name, value):
         if self._event is not None and name in _EVENT_FIELD_SET:
             self.materialize()
-        object.__setattr__(self, name, value)
+        PyObject_GenericSetAttr(self, name, value)
 
     cdef void set_event(self, object event, double received) except *:
         """Take a standard event's fields without copying them."""

@@ -35,7 +35,8 @@ def core(request):
 
 
 def gossip_class(core):
-    return type("Gossip", (Gossip,), {"core": core, "__module__": Gossip.__module__})
+    return type("Gossip", (Gossip,), {"core": core, "name": Gossip.name,
+                                      "__module__": Gossip.__module__})
 
 
 @pytest.fixture
