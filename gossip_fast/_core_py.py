@@ -84,6 +84,12 @@ def as_seconds(value, upper):
     return number if 0.0 < number <= upper else None
 
 
+def has_type_marker(body):
+    """True if raw JSON may hold kombu's ``__type__`` objects: they are
+    nested objects, so a body without a second '{' has none."""
+    return body.find(b'{', 1) != -1 and b'__type__' in body
+
+
 class Clock:
     """Lamport clock with the API of :class:`kombu.clocks.LamportClock`.
 
@@ -468,7 +474,7 @@ class Receiver:
                 and (accept is None or JSON in accept)
                 and message.content_encoding in ('utf-8', 'utf8', None)
                 and not message.headers.get('compression')
-                and type(body) is bytes and b'__type__' not in body):
+                and type(body) is bytes and not has_type_marker(body)):
             try:
                 return _fast_json(body)
             except Exception:

@@ -162,8 +162,8 @@ class Gossip(bootsteps.ConsumerStep):
             (id_, clock, hostname, pid,
              topic, action, _) = self._cons_stamp_fields(event)
         except KeyError as exc:
-            self.dropped['bad_election'] += 1
-            return logger.exception('election request missing field %s', exc)
+            return self._reject('bad_election', event.get('hostname'),
+                                f'election request missing field {exc}')
         if (type(clock) is not int or type(hostname) is not str
                 or not hostname or type(topic) is not str
                 or not isinstance(id_, (str, int))):
