@@ -451,6 +451,10 @@ class Receiver:
         self.skipped_tasks = 0
         self.decode_fallbacks = 0
 
+    def refresh(self):
+        """Nothing to do: this implementation looks the bootstep's
+        attributes up on every message (the compiled one caches them)."""
+
     # -- decoding ----------------------------------------------------------
 
     def decode(self, message):

@@ -36,6 +36,8 @@ debug, info = logger.debug, logger.info
 SANITIZED = frozenset(('bad_clock', 'reserved_field'))
 #: At most one log line per reason of bad input in this many seconds.
 BAD_INPUT_LOG_INTERVAL = 10.0
+#: Bootstep attributes the receiver may cache (tests and users swap them).
+RECEIVER_ATTRIBUTES = frozenset(('hostname', 'clock', 'update_state', 'event_handlers'))
 #: A pending election that has not completed after this many seconds is
 #: dropped (a peer died mid-election, or a request came after the result).
 ELECTION_TIMEOUT = 30.0
@@ -135,6 +137,13 @@ class Gossip(bootsteps.ConsumerStep):
         }
 
         super().__init__(c, **kwargs)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in RECEIVER_ATTRIBUTES:
+            receiver = self.__dict__.get('_receiver')
+            if receiver is not None:
+                receiver.refresh()  # a swap takes effect on the next message
 
     def compatible_transport(self, app):
         with app.connection_for_read() as conn:

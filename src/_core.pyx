@@ -749,6 +749,9 @@ cdef class Receiver:
     cdef public Py_ssize_t received, applied, own, skipped_tasks, decode_fallbacks
     cdef State _state
     cdef object _message_type  # the last kombu Message class seen
+    # The bootstep's swappable attributes, cached; Gossip.__setattr__ calls
+    # refresh() whenever one of them is set, so a swap takes effect at once.
+    cdef object _hostname, _clock, _update_state, _event_handlers
 
     @property
     def accept(self):
@@ -774,10 +777,20 @@ cdef class Receiver:
         self.own = 0
         self.skipped_tasks = 0
         self.decode_fallbacks = 0
+        self.refresh()
+
+    def refresh(self):
+        """Re-read the bootstep's ``hostname``, ``clock``, ``update_state``
+        and ``event_handlers`` (called by ``Gossip.__setattr__``)."""
+        gossip = self.gossip
+        self._hostname = getattr(gossip, 'hostname', None)
+        self._clock = getattr(gossip, 'clock', None)
+        self._update_state = getattr(gossip, 'update_state', None)
+        self._event_handlers = getattr(gossip, 'event_handlers', None)
 
     # -- decoding ----------------------------------------------------------
 
-    cdef object fast_body(self, message):
+    cdef object fast_body(self, message, object headers):
         """The raw JSON bytes of *message* if we may decode them ourselves:
         a real kombu message, JSON in ``accept``, UTF-8, not compressed, and
         no kombu ``__type__`` objects.  Else None."""
@@ -796,7 +809,9 @@ cdef class Receiver:
         encoding = message.content_encoding
         if not (encoding is None or encoding == 'utf-8' or encoding == 'utf8'):
             return None
-        if message.headers.get('compression') or has_type_marker(<bytes>body):
+        if type(headers) is not dict or (<dict>headers).get('compression'):
+            return None
+        if has_type_marker(<bytes>body):
             return None
         return body
 
@@ -814,7 +829,7 @@ cdef class Receiver:
                 return self._reject('decode_error', None, exc)
         if message.errors:
             return self._reject('decode_error', None, 'undecompressable body')
-        body = self.fast_body(message)
+        body = self.fast_body(message, message.headers)
         if body is not None:
             try:
                 return _fast_json(body)
@@ -834,7 +849,8 @@ cdef class Receiver:
         header mismatch rules...): the general path then handles it.
         """
         cdef double timestamp, freq
-        raw = self.fast_body(message)
+        headers = message.headers
+        raw = self.fast_body(message, headers)
         if raw is None:
             return False
         try:
@@ -855,11 +871,10 @@ cdef class Receiver:
             freq_value = event.freq
         if type(hostname) is not str or not hostname:
             return False
-        headers = message.headers
-        header_host = (<dict>headers).get('hostname') if type(headers) is dict else None
+        header_host = (<dict>headers).get('hostname')
         if header_host and header_host != hostname:
             return False
-        if hostname == gossip.hostname:
+        if hostname == self._hostname:
             return False
         if (type(type_) is not str or not (<str>type_).startswith('worker-')
                 or type_ == 'worker-offline'):
@@ -870,7 +885,7 @@ cdef class Receiver:
         freq = as_seconds_c(freq_value, _MAX_FREQ)
         if timestamp < 0.0 or freq < 0.0:
             return False
-        clock = gossip.clock
+        clock = self._clock
         if type(clock) is Clock:
             (<Clock>clock).adjust_c(clock_value)
         else:
@@ -897,7 +912,7 @@ cdef class Receiver:
         return body['type'], self.prepare_c(body)
 
     cdef dict prepare_c(self, dict body):
-        clock = self.gossip.clock
+        clock = self._clock
         cdef Clock fast = clock if type(clock) is Clock else None
         type_ = body['type']
         if type_ == 'task-sent':
@@ -934,7 +949,7 @@ cdef class Receiver:
                 len(<str>routing_key) == 4 or (<str>routing_key)[4] == '.'):
             self.skipped_tasks += 1
             return None
-        handler = gossip.event_handlers.get(routing_key)
+        handler = self._event_handlers.get(routing_key)
         if handler is not None:
             payload = self.decode(message)
             if payload is None:
@@ -943,7 +958,7 @@ cdef class Receiver:
                 return self._reject('bad_body', None, type(payload).__name__)
             return gossip._call_event_handler(handler, payload)
         if (prepare is self.fast_prepare and self._state is not None
-                and gossip.update_state is self.state_event):
+                and self._update_state is self.state_event):
             try:
                 if self.fast_lane(gossip, message):
                     return None
@@ -963,9 +978,9 @@ cdef class Receiver:
             return self._reject('bad_hostname', None, hostname)
         if header_host and body_host is not None and body_host != header_host:
             return self._reject('hostname_mismatch', header_host, body_host)
-        if hostname == gossip.hostname:
+        if hostname == self._hostname:
             self.own += 1
-            clock = gossip.clock
+            clock = self._clock
             if type(clock) is Clock:
                 (<Clock>clock).forward_c()
             else:
@@ -978,7 +993,7 @@ cdef class Receiver:
                 event = self.prepare_c(body)
             else:
                 event = prepare(body)[1]
-            update_state = gossip.update_state
+            update_state = self._update_state
             if update_state is self.state_event and self._state is not None:
                 self._state.apply(<dict>event)
             else:
