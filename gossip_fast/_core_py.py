@@ -457,35 +457,48 @@ class Receiver:
 
     # -- decoding ----------------------------------------------------------
 
-    def decode(self, message):
-        """The message's payload, or None (and a rejection) if it is bad.
+    def raw_json(self, body, content_type, content_encoding, headers):
+        """*body* if we may decode it ourselves (JSON bytes in ``accept``,
+        UTF-8, not compressed, no kombu ``__type__`` objects), else None."""
+        accept = self.accept
+        if (_fast_json is not None and type(body) is bytes
+                and content_type == JSON and (accept is None or JSON in accept)
+                and content_encoding in ('utf-8', 'utf8', None)
+                and type(headers) is dict and not headers.get('compression')
+                and not has_type_marker(body)):
+            return body
+        return None
+
+    def decode(self, message, raw=None):
+        """The payload of *message* (or of its *raw* JSON bytes), or None
+        (and a rejection) if it is bad.
 
         Real kombu messages with a JSON body are decoded here from their raw
         bytes; everything else goes through kombu's ``loads`` with our
         ``accept`` set, so nothing outside it (pickle) is ever decoded.
         """
-        if type(message) is not Message and not isinstance(message, Message):
-            try:  # a message-like object of the user's or a test's
-                return message.payload
-            except Exception as exc:
-                return self._reject('decode_error', None, exc)
-        if message.errors:
-            return self._reject('decode_error', None, 'undecompressable body')
-        body = message.body
-        content_type = message.content_type
-        accept = self.accept
-        if (content_type == JSON and _fast_json is not None
-                and (accept is None or JSON in accept)
-                and message.content_encoding in ('utf-8', 'utf8', None)
-                and not message.headers.get('compression')
-                and type(body) is bytes and not has_type_marker(body)):
-            try:
-                return _fast_json(body)
-            except Exception:
-                self.decode_fallbacks += 1  # NaN, Infinity, bad UTF-8: kombu decides
+        if raw is None:
+            if not isinstance(message, Message):
+                try:  # a message-like object of the user's or a test's
+                    return message.payload
+                except Exception as exc:
+                    return self._reject('decode_error', None, exc)
+            if message.errors:
+                return self._reject('decode_error', None, 'undecompressable body')
+            raw = self.raw_json(message.body, message.content_type,
+                                message.content_encoding, message.headers)
+            if raw is None:
+                try:
+                    return kombu_loads(message.body, message.content_type,
+                                       message.content_encoding, accept=self.accept)
+                except Exception as exc:
+                    return self._reject('decode_error', None, exc)
         try:
-            return kombu_loads(body, content_type, message.content_encoding,
-                               accept=accept)
+            return _fast_json(raw)
+        except Exception:
+            self.decode_fallbacks += 1  # NaN, Infinity, bad UTF-8: kombu decides
+        try:
+            return kombu_loads(raw, JSON, 'utf-8', accept=self.accept)
         except Exception as exc:
             return self._reject('decode_error', None, exc)
 
@@ -523,11 +536,29 @@ class Receiver:
 
     def on_message(self, prepare, message):
         self.received += 1
-        gossip = self.gossip
         try:
             routing_key = message.delivery_info['routing_key']
         except Exception:
             return self._reject('bad_message', None, 'no routing key')
+        return self._handle(prepare, routing_key, message, None, None)
+
+    def on_raw(self, routing_key, headers, body, content_type=JSON,
+               content_encoding='utf-8', exchange='celeryev'):
+        """One event read by a transport reader of ``gossip_fast.fastpath``:
+        the same as :meth:`on_message` for the kombu message of these parts
+        (which is built, and decoded by kombu, when we cannot decode it)."""
+        headers = headers if headers is not None else {}
+        raw = self.raw_json(body, content_type, content_encoding, headers)
+        if raw is None:
+            return self.on_message(self.fast_prepare, Message(
+                body=body, content_type=content_type,
+                content_encoding=content_encoding, headers=headers,
+                delivery_info={'exchange': exchange, 'routing_key': routing_key}))
+        self.received += 1
+        return self._handle(self.fast_prepare, routing_key, None, raw, headers)
+
+    def _handle(self, prepare, routing_key, message, raw, headers):
+        gossip = self.gossip
         if type(routing_key) is not str:
             return self._reject('bad_message', None, routing_key)
         # For redis when `fanout_patterns=False` (celery#1882)
@@ -536,18 +567,19 @@ class Receiver:
             return None
         handler = gossip.event_handlers.get(routing_key)
         if handler is not None:
-            payload = self.decode(message)
+            payload = self.decode(message, raw)
             if payload is None:
                 return None
             if type(payload) is not dict:
                 return self._reject('bad_body', None, type(payload).__name__)
             return gossip._call_event_handler(handler, payload)
-        body = self.decode(message)
+        body = self.decode(message, raw)
         if body is None:
             return None
         if type(body) is not dict:
             return self._reject('bad_body', None, type(body).__name__)
-        headers = message.headers
+        if message is not None:
+            headers = message.headers
         header_host = headers.get('hostname') if type(headers) is dict else None
         body_host = body.get('hostname')
         hostname = header_host or body_host

@@ -146,6 +146,7 @@ cdef extern from "Python.h":
     object PyObject_GenericGetDict(object obj, void* context)
     int PyObject_GenericSetAttr(object obj, object name, object value) except -1
 
+cdef dict _DEFAULTS = dict(DEFAULT_FIELDS)
 cdef str JSON = 'application/json'
 cdef object _time = time.time
 cdef object _heappush = heapq.heappush
@@ -341,7 +342,6 @@ cdef class Worker:
 
     def __init__(self, hostname=None):
         self._fields = PyObject_GenericGetDict(self, NULL)
-        self._fields.update(DEFAULT_FIELDS)
         self._fields['hostname'] = hostname
         self._hostname = hostname
         self._n = 0
@@ -381,11 +381,14 @@ cdef class Worker:
                 self._fields[key] = value
 
     def __getattr__(self, name):
+        # only called for names not in __dict__
         if self._event is not None:
             if name == 'local_received':
                 return self._received
             if name in _EVENT_FIELD_SET:
                 return getattr(self._event, name)
+        if name in _DEFAULTS:  # stock Worker's defaults, never set
+            return _DEFAULTS[name]
         raise AttributeError(
             f"'{type(self).__name__}' object has no attribute {name!r}")
 
@@ -475,13 +478,14 @@ cdef class State:
             self.on_reject(reason, hostname, detail)
         return None
 
-    def event(self, dict event):
+    def event(self, event):
         """Apply one prepared event (``celery.events.state.State.event``).
 
         Returns ``((worker, created), subject)`` for worker events, as stock
         does, and None for events that do not change the table.
         """
-        cdef Worker worker = self.apply(event)
+        cdef Worker worker = self.apply(
+            <dict>event if type(event) is dict else dict(event))
         if worker is None:
             return None
         return (worker, self._created), self._subject
@@ -790,24 +794,15 @@ cdef class Receiver:
 
     # -- decoding ----------------------------------------------------------
 
-    cdef object fast_body(self, message, object headers):
-        """The raw JSON bytes of *message* if we may decode them ourselves:
-        a real kombu message, JSON in ``accept``, UTF-8, not compressed, and
-        no kombu ``__type__`` objects.  Else None."""
-        if _fast_json is None:
+    cdef object raw_json(self, object body, object content_type,
+                         object content_encoding, object headers):
+        """*body* if we may decode it ourselves (JSON bytes in ``accept``,
+        UTF-8, not compressed, no kombu ``__type__`` objects), else None."""
+        if (_fast_json is None or type(body) is not bytes
+                or content_type != JSON or not self._json_accepted):
             return None
-        if type(message) is not self._message_type:
-            if not isinstance(message, Message):
-                return None
-            self._message_type = type(message)
-        # (kombu's decoding errors come from compression or a str body,
-        # both excluded here)
-        body = message.body
-        if (type(body) is not bytes or message.content_type != JSON
-                or not self._json_accepted):
-            return None
-        encoding = message.content_encoding
-        if not (encoding is None or encoding == 'utf-8' or encoding == 'utf8'):
+        if not (content_encoding is None or content_encoding == 'utf-8'
+                or content_encoding == 'utf8'):
             return None
         if type(headers) is not dict or (<dict>headers).get('compression'):
             return None
@@ -815,44 +810,55 @@ cdef class Receiver:
             return None
         return body
 
-    cpdef object decode(self, message):
-        """The message's payload, or None (and a rejection) if it is bad.
+    cdef object message_raw(self, object message):
+        """:meth:`raw_json` of a real kombu message, else None."""
+        if type(message) is not self._message_type:
+            if not isinstance(message, Message):
+                return None
+            self._message_type = type(message)
+        return self.raw_json(message.body, message.content_type,
+                             message.content_encoding, message.headers)
+
+    cpdef object decode(self, message, raw=None):
+        """The payload of *message* (or of its *raw* JSON bytes), or None
+        (and a rejection) if it is bad.
 
         Real kombu messages with a JSON body are decoded here from their raw
         bytes; everything else goes through kombu's ``loads`` with our
         ``accept`` set, so nothing outside it (pickle) is ever decoded.
         """
-        if not isinstance(message, Message):
-            try:  # a message-like object of the user's or a test's
-                return message.payload
-            except Exception as exc:
-                return self._reject('decode_error', None, exc)
-        if message.errors:
-            return self._reject('decode_error', None, 'undecompressable body')
-        body = self.fast_body(message, message.headers)
-        if body is not None:
-            try:
-                return _fast_json(body)
-            except Exception:
-                self.decode_fallbacks += 1  # NaN, Infinity, bad UTF-8: kombu decides
+        if raw is None:
+            if not isinstance(message, Message):
+                try:  # a message-like object of the user's or a test's
+                    return message.payload
+                except Exception as exc:
+                    return self._reject('decode_error', None, exc)
+            if message.errors:
+                return self._reject('decode_error', None, 'undecompressable body')
+            raw = self.message_raw(message)
+            if raw is None:
+                try:
+                    return kombu_loads(message.body, message.content_type,
+                                       message.content_encoding, accept=self._accept)
+                except Exception as exc:
+                    return self._reject('decode_error', None, exc)
         try:
-            return kombu_loads(message.body, message.content_type,
-                               message.content_encoding, accept=self._accept)
+            return _fast_json(raw)
+        except Exception:
+            self.decode_fallbacks += 1  # NaN, Infinity, bad UTF-8: kombu decides
+        try:
+            return kombu_loads(raw, JSON, 'utf-8', accept=self._accept)
         except Exception as exc:
             return self._reject('decode_error', None, exc)
 
-    cdef bint fast_lane(self, object gossip, object message) except -1:
+    cdef bint fast_lane(self, object raw, dict headers) except -1:
         """Handle a standard worker event without building a dict.
 
         Returns False, having changed nothing, when the message is anything
-        else (another shape, bad or odd values, offline, own events via the
-        header mismatch rules...): the general path then handles it.
+        else (another shape, bad or odd values, offline, own events, header
+        mismatches...): the general path then handles it.
         """
         cdef double timestamp, freq
-        headers = message.headers
-        raw = self.fast_body(message, headers)
-        if raw is None:
-            return False
         try:
             event = _decode_event(raw)
         except Exception:
@@ -871,7 +877,7 @@ cdef class Receiver:
             freq_value = event.freq
         if type(hostname) is not str or not hostname:
             return False
-        header_host = (<dict>headers).get('hostname')
+        header_host = headers.get('hostname')
         if header_host and header_host != hostname:
             return False
         if hostname == self._hostname:
@@ -901,7 +907,7 @@ cdef class Receiver:
 
     # -- the event's preparation (event_from_message, localize=False) -------
 
-    def prepare(self, dict body):
+    def prepare(self, body):
         """Apply the Lamport clock rules to *body* and stamp it.
 
         Same contract as ``EventReceiver.event_from_message(body,
@@ -909,7 +915,9 @@ cdef class Receiver:
         int in range is not taken; the clock is forwarded as if the event had
         none.
         """
-        return body['type'], self.prepare_c(body)
+        if type(body) is not dict:  # stock takes any mapping; so do we
+            body = dict(body)
+        return body['type'], self.prepare_c(<dict>body)
 
     cdef dict prepare_c(self, dict body):
         clock = self._clock
@@ -937,11 +945,31 @@ cdef class Receiver:
 
     def on_message(self, prepare, message):
         self.received += 1
-        gossip = self.gossip
         try:
             routing_key = message.delivery_info['routing_key']
         except Exception:
             return self._reject('bad_message', None, 'no routing key')
+        return self._handle(prepare, routing_key, message, None, None)
+
+    def on_raw(self, routing_key, headers, body, content_type=JSON,
+               content_encoding='utf-8', exchange='celeryev'):
+        """One event read by a transport reader of ``gossip_fast.fastpath``:
+        the same as :meth:`on_message` for the kombu message of these parts
+        (which is built, and decoded by kombu, when we cannot decode it)."""
+        if headers is None:
+            headers = {}
+        raw = self.raw_json(body, content_type, content_encoding, headers)
+        if raw is None:
+            return self.on_message(self.fast_prepare, Message(
+                body=body, content_type=content_type,
+                content_encoding=content_encoding, headers=headers,
+                delivery_info={'exchange': exchange, 'routing_key': routing_key}))
+        self.received += 1
+        return self._handle(self.fast_prepare, routing_key, None, raw, headers)
+
+    cdef object _handle(self, object prepare, object routing_key, object message,
+                        object raw, object headers):
+        gossip = self.gossip
         if type(routing_key) is not str:
             return self._reject('bad_message', None, routing_key)
         # For redis when `fanout_patterns=False` (celery#1882)
@@ -951,7 +979,7 @@ cdef class Receiver:
             return None
         handler = self._event_handlers.get(routing_key)
         if handler is not None:
-            payload = self.decode(message)
+            payload = self.decode(message, raw)
             if payload is None:
                 return None
             if type(payload) is not dict:
@@ -959,18 +987,23 @@ cdef class Receiver:
             return gossip._call_event_handler(handler, payload)
         if (prepare is self.fast_prepare and self._state is not None
                 and self._update_state is self.state_event):
-            try:
-                if self.fast_lane(gossip, message):
-                    return None
-            except Exception as exc:  # never raise out of the consumer
-                return self._reject('error', None, exc)
-        found = self.decode(message)
+            if message is not None:
+                raw = self.message_raw(message)
+                headers = message.headers if raw is not None else None
+            if raw is not None:
+                try:
+                    if self.fast_lane(raw, <dict>headers):
+                        return None
+                except Exception as exc:  # never raise out of the consumer
+                    return self._reject('error', None, exc)
+        found = self.decode(message, raw)
         if found is None:
             return None
         if type(found) is not dict:
             return self._reject('bad_body', None, type(found).__name__)
         cdef dict body = <dict>found
-        headers = message.headers
+        if message is not None:
+            headers = message.headers
         header_host = (<dict>headers).get('hostname') if type(headers) is dict else None
         body_host = body.get('hostname')
         hostname = header_host or body_host
