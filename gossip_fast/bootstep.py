@@ -25,7 +25,7 @@ from celery.utils.log import get_logger
 from celery.utils.objects import Bunch
 from celery.worker.consumer.mingle import Mingle
 
-from . import implementation
+from . import fastpath, implementation
 
 __all__ = ('Gossip',)
 
@@ -99,6 +99,8 @@ class Gossip(bootsteps.ConsumerStep):
         self.dropped = Counter()
         self.sanitized = Counter()
         self.elections = Counter()
+        self._reader = None
+        self._reader_tref = None
         self._bad_input_logged = {}
         self._bad_input_suppressed = Counter()
         self._election_started = {}
@@ -345,6 +347,8 @@ class Gossip(bootsteps.ConsumerStep):
         ev = self.Receiver(channel, routing_key='worker.#',
                            queue_ttl=self.heartbeat_interval)
         self._receiver.accept = prepare_accept_content(ev.accept)
+        if self._start_reader(channel, ev.queue):
+            return []  # the fast reader consumes the same queue/channel
         return [Consumer(
             channel,
             queues=[ev.queue],
@@ -352,6 +356,40 @@ class Gossip(bootsteps.ConsumerStep):
             accept=ev.accept,
             no_ack=True
         )]
+
+    def _start_reader(self, channel, queue):
+        """Start the fast receive path (gossip_fast.fastpath) if it applies;
+        False means: use kombu's consumer, as stock does."""
+        self._stop_reader()
+        reader = fastpath.reader_for(self, channel, queue)
+        if reader is None:
+            return False
+        try:
+            reader.start()
+        except Exception as exc:  # pylint: disable=broad-except
+            logger.warning('gossip_fast: fast receive path unavailable (%r); '
+                           'using the kombu consumer', exc)
+            reader.stop()
+            return False
+        self._reader = reader
+        self._reader_tref = self.timer.call_repeatedly(reader.max_delay, reader.drain)
+        return True
+
+    def _stop_reader(self):
+        if self._reader_tref is not None:
+            self._reader_tref.cancel()
+            self._reader_tref = None
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
+
+    def stop(self, c):
+        self._stop_reader()
+        super().stop(c)
+
+    def shutdown(self, c):
+        self._stop_reader()
+        super().shutdown(c)
 
     def on_message(self, prepare, message):
         """Handle one event message (bound to the compiled core per instance).
@@ -375,6 +413,8 @@ class Gossip(bootsteps.ConsumerStep):
             'enabled': self.enabled,
             'clock': self.clock.value,
             'events': receiver,
+            'receive': (self._reader.stats() if self._reader is not None
+                        else {'path': 'kombu'}),
             'dropped': dict(self.dropped),
             'sanitized': dict(self.sanitized),
             'joins': getattr(state, 'joins', None),

@@ -1,0 +1,115 @@
+"""What every transport reader of the fast receive path does.
+
+A reader owns one broker connection of its own.  ``start()`` opens it and
+subscribes (called from ``Gossip.get_consumers``, so on every consumer
+(re)start, never at construction); ``drain()`` is called by the worker's
+timer every ``max_delay`` seconds and must return quickly: it reads what the
+socket has without blocking, hands each event to ``receiver.on_raw`` and
+stops after ``budget`` seconds, leaving the rest for the next call.  When
+more arrives than it can apply, it sheds the oldest heartbeats (each one
+only repeats the sender's liveness) and counts them.  On a broker error it
+closes the connection and reconnects with exponential backoff from later
+``drain()`` calls, never by sleeping.  ``stop()`` closes everything.
+"""
+import time
+
+from celery.utils.log import get_logger
+
+__all__ = ('Reader',)
+
+logger = get_logger(__name__)
+
+
+class Reader:
+    #: Longest time one drain() may spend applying events (seconds).
+    budget = 0.02
+    #: Reconnect backoff: first wait, cap (seconds).
+    backoff_start = 0.5
+    backoff_max = 30.0
+    #: Name of the path in the stats.
+    name = 'fast'
+
+    def __init__(self, gossip, channel, queue, max_delay=0.1):
+        self.gossip = gossip
+        self.receiver = gossip._receiver
+        self.channel = channel           # the consumer's own kombu channel
+        self.connection = channel.connection.client  # its kombu Connection
+        self.queue = queue               # the stock Receiver's kombu Queue
+        self.max_delay = max_delay
+        self.received = 0
+        self.shed = 0
+        self.reconnects = 0
+        self.errors = 0
+        self.batches = 0
+        self.longest_drain = 0.0
+        self._retry_at = None
+        self._backoff = self.backoff_start
+
+    # -- to implement -------------------------------------------------------
+
+    def connect(self):
+        """Open the connection and subscribe; raise on failure."""
+        raise NotImplementedError
+
+    def read(self, deadline):
+        """Apply what is available until *deadline*; return the count."""
+        raise NotImplementedError
+
+    def close(self):
+        """Close the connection (must not raise)."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------
+
+    def start(self):
+        self.connect()
+
+    def stop(self):
+        self.close()
+
+    def drain(self):
+        """The timer's callback: never raises, never blocks for long."""
+        started = time.monotonic()
+        if self._retry_at is not None:
+            if started < self._retry_at:
+                return 0
+            try:
+                self.connect()
+            except Exception as exc:
+                self._failed(exc, started)
+                return 0
+            self._retry_at = None
+            self._backoff = self.backoff_start
+            self.reconnects += 1
+            logger.info('gossip_fast: %s reader reconnected', self.name)
+        try:
+            count = self.read(started + self.budget)
+        except Exception as exc:  # the broker went away, or worse
+            self._failed(exc, started)
+            return 0
+        elapsed = time.monotonic() - started
+        self.batches += 1
+        self.received += count
+        if elapsed > self.longest_drain:
+            self.longest_drain = elapsed
+        return count
+
+    def _failed(self, exc, now):
+        self.errors += 1
+        self.close()
+        logger.warning('gossip_fast: %s reader lost its connection (%r); '
+                       'retrying in %.1f s', self.name, exc, self._backoff)
+        self._retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, self.backoff_max)
+
+    def stats(self):
+        return {
+            'path': self.name,
+            'max_delay': self.max_delay,
+            'received': self.received,
+            'shed': self.shed,
+            'reconnects': self.reconnects,
+            'errors': self.errors,
+            'batches': self.batches,
+            'longest_drain_ms': round(self.longest_drain * 1000, 3),
+        }
