@@ -12,7 +12,7 @@ cimport cython
 from cpython.dict cimport PyDict_Next
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
-from libc.string cimport memchr, memcmp
+from libc.string cimport memchr, memcmp, memcpy
 
 import heapq
 import threading
@@ -145,6 +145,8 @@ cdef extern from "Python.h":
     # the instance dict of an extension object (created on first use)
     object PyObject_GenericGetDict(object obj, void* context)
     int PyObject_GenericSetAttr(object obj, object name, object value) except -1
+    object PyUnicode_DecodeASCII(const char* s, Py_ssize_t size, const char* errors)
+    double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow) except? -1.0
 
 cdef dict _DEFAULTS = dict(DEFAULT_FIELDS)
 cdef str JSON = 'application/json'
@@ -200,6 +202,204 @@ cdef bint has_type_marker(bytes data):
             return True
         i = (found - p) + 1
     return False
+
+
+# -- the scanner of standard event bodies --------------------------------------
+#
+# Celery's worker events are small JSON objects of 13 known keys with plain
+# ASCII strings, short numbers and a list of numbers.  For such a body the
+# hot path needs five values (hostname, type, clock, timestamp, freq); this
+# scanner checks that the bytes are exactly such an object (a strict subset
+# of JSON: no escapes, no exponents, no non-ASCII, no nesting beyond one
+# list, each standard key once and no other) and extracts those five.  The
+# worker entry keeps the raw bytes and decodes them (with msgspec, exactly as
+# the general path would) only when someone reads its other attributes.
+# Anything outside the subset goes to the msgspec/kombu path.
+
+cdef enum:
+    _K_HOSTNAME = 0
+    _K_TYPE = 1
+    _K_CLOCK = 2
+    _K_TIMESTAMP = 3
+    _K_FREQ = 4
+    _K_OTHER = 5
+    _ALL_KEYS = 0x1FFF      # 13 standard keys
+    _MAX_NUMBER = 24        # longest number literal we parse ourselves
+
+cdef struct Scan:
+    Py_ssize_t host_start, host_end, type_start, type_end
+    long long clock
+    double timestamp, freq
+
+cdef const char* _KEY_NAMES[13]
+_KEY_NAMES[:] = [b"hostname", b"type", b"clock", b"timestamp", b"freq",
+                 b"utcoffset", b"pid", b"active", b"processed", b"loadavg",
+                 b"sw_ident", b"sw_ver", b"sw_sys"]
+cdef Py_ssize_t _KEY_LENGTHS[13]
+_KEY_LENGTHS[:] = [8, 4, 5, 9, 4, 9, 3, 6, 9, 7, 8, 6, 6]
+
+
+cdef inline Py_ssize_t _skip_ws(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and (p[i] == 32 or p[i] == 10 or p[i] == 13 or p[i] == 9):
+        i += 1
+    return i
+
+
+cdef inline Py_ssize_t _scan_string(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """p[i] is '"': the index after the closing quote, or -1."""
+    cdef unsigned char c
+    i += 1
+    while i < n:
+        c = <unsigned char>p[i]
+        if c == 34:  # '"'
+            return i + 1
+        if c < 32 or c > 126 or c == 92:  # control, non-ASCII, backslash
+            return -1
+        i += 1
+    return -1
+
+
+cdef inline Py_ssize_t _scan_number(const char* p, Py_ssize_t i, Py_ssize_t n,
+                                    bint* is_int) noexcept nogil:
+    """A JSON number without exponent at p[i]: the index after it, or -1."""
+    cdef Py_ssize_t start = i
+    is_int[0] = True
+    if i < n and p[i] == 45:  # '-'
+        i += 1
+    if i >= n or not (48 <= p[i] <= 57):
+        return -1
+    if p[i] == 48:  # a leading 0 stands alone
+        i += 1
+    else:
+        while i < n and 48 <= p[i] <= 57:
+            i += 1
+    if i < n and p[i] == 46:  # '.'
+        is_int[0] = False
+        i += 1
+        if i >= n or not (48 <= p[i] <= 57):
+            return -1
+        while i < n and 48 <= p[i] <= 57:
+            i += 1
+    if i < n and (p[i] == 101 or p[i] == 69):  # exponents: not ours
+        return -1
+    if i - start > _MAX_NUMBER:
+        return -1
+    return i
+
+
+cdef inline Py_ssize_t _scan_scalar(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    cdef bint is_int
+    if i >= n:
+        return -1
+    if p[i] == 34:
+        return _scan_string(p, i, n)
+    if p[i] == 116 and i + 4 <= n and memcmp(p + i, b"true", 4) == 0:
+        return i + 4
+    if p[i] == 102 and i + 5 <= n and memcmp(p + i, b"false", 5) == 0:
+        return i + 5
+    if p[i] == 110 and i + 4 <= n and memcmp(p + i, b"null", 4) == 0:
+        return i + 4
+    return _scan_number(p, i, n, &is_int)
+
+
+cdef inline Py_ssize_t _scan_value(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    if i < n and p[i] == 91:  # '[': a flat list of scalars
+        i = _skip_ws(p, i + 1, n)
+        if i < n and p[i] == 93:
+            return i + 1
+        while True:
+            i = _scan_scalar(p, i, n)
+            if i < 0:
+                return -1
+            i = _skip_ws(p, i, n)
+            if i < n and p[i] == 44:
+                i = _skip_ws(p, i + 1, n)
+                continue
+            if i < n and p[i] == 93:
+                return i + 1
+            return -1
+    return _scan_scalar(p, i, n)
+
+
+cdef inline int _key_index(const char* p, Py_ssize_t length) noexcept nogil:
+    cdef int k
+    for k in range(13):
+        if _KEY_LENGTHS[k] == length and memcmp(p, _KEY_NAMES[k], length) == 0:
+            return k
+    return -1
+
+
+cdef bint scan_standard(const char* p, Py_ssize_t n, Scan* out) except -1:
+    """True if p[:n] is a standard event body (see above); fills *out*."""
+    cdef Py_ssize_t i = _skip_ws(p, 0, n), key_start, end
+    cdef int k, seen = 0
+    cdef bint is_int
+    cdef long long clock
+    cdef char number[_MAX_NUMBER + 1]
+    if i >= n or p[i] != 123:  # '{'
+        return False
+    i = _skip_ws(p, i + 1, n)
+    while True:
+        if i >= n or p[i] != 34:
+            return False
+        key_start = i + 1
+        end = _scan_string(p, i, n)
+        if end < 0:
+            return False
+        k = _key_index(p + key_start, end - 1 - key_start)
+        if k < 0 or seen & (1 << k):
+            return False
+        seen |= 1 << k
+        i = _skip_ws(p, end, n)
+        if i >= n or p[i] != 58:  # ':'
+            return False
+        i = _skip_ws(p, i + 1, n)
+        if k == _K_HOSTNAME or k == _K_TYPE:
+            if i >= n or p[i] != 34:
+                return False
+            end = _scan_string(p, i, n)
+            if end < 0:
+                return False
+            if k == _K_HOSTNAME:
+                out.host_start, out.host_end = i + 1, end - 1
+            else:
+                out.type_start, out.type_end = i + 1, end - 1
+        elif k == _K_CLOCK or k == _K_TIMESTAMP or k == _K_FREQ:
+            end = _scan_number(p, i, n, &is_int)
+            if end < 0:
+                return False
+            if k == _K_CLOCK:
+                if not is_int or p[i] == 45 or end - i > 18:
+                    return False
+                clock = 0
+                while i < end:
+                    clock = clock * 10 + (p[i] - 48)
+                    i += 1
+                out.clock = clock
+            else:
+                memcpy(number, p + i, end - i)
+                number[end - i] = 0
+                if k == _K_TIMESTAMP:
+                    out.timestamp = strtod_c(number)
+                else:
+                    out.freq = strtod_c(number)
+        else:
+            end = _scan_value(p, i, n)
+            if end < 0:
+                return False
+        i = _skip_ws(p, end, n)
+        if i < n and p[i] == 44:  # ','
+            i = _skip_ws(p, i + 1, n)
+            continue
+        if i < n and p[i] == 125:  # '}'
+            return seen == _ALL_KEYS and _skip_ws(p, i + 1, n) == n
+        return False
+
+
+cdef inline double strtod_c(const char* text) except? -1.0:
+    # locale-independent and correctly rounded, like Python's float(); our
+    # literals are short and have no exponent, so it cannot overflow
+    return PyOS_string_to_double(text, NULL, NULL)
 
 
 cdef object _MISSING = object()
@@ -332,8 +532,9 @@ cdef class Worker:
     cdef object _hostname
     cdef dict _bucket  # the wheel slot it sits in, or None
     cdef dict _fields  # the same dict object as __dict__
-    # The last standard event (an _Event) and its receive time.  While set,
-    # its fields are served by __getattr__ and are absent from __dict__.
+    # The last standard event and its receive time: its raw JSON bytes
+    # (decoded into an _Event on first use) or an _Event.  While set, its
+    # fields are served by __getattr__ and are absent from __dict__.
     cdef object _event
     cdef double _received
 
@@ -386,7 +587,7 @@ cdef class Worker:
             if name == 'local_received':
                 return self._received
             if name in _EVENT_FIELD_SET:
-                return getattr(self._event, name)
+                return getattr(self.decoded_event(), name)
         if name in _DEFAULTS:  # stock Worker's defaults, never set
             return _DEFAULTS[name]
         raise AttributeError(
@@ -406,9 +607,14 @@ cdef class Worker:
         self._event = event
         self._received = received
 
+    cdef object decoded_event(self):
+        if type(self._event) is bytes:  # checked by scan_standard: cannot fail
+            self._event = _decode_event(self._event)
+        return self._event
+
     cpdef materialize(self):
         """Move the last standard event's fields into ``__dict__``."""
-        event = self._event
+        event = self.decoded_event()
         if event is not None:
             self._event = None
             for name in _EVENT_FIELDS:
@@ -859,6 +1065,10 @@ cdef class Receiver:
         mismatches...): the general path then handles it.
         """
         cdef double timestamp, freq
+        cdef Scan scan
+        cdef const char* p = <const char*><char*>raw
+        if scan_standard(p, len(<bytes>raw), &scan):
+            return self.scanned_lane(raw, p, &scan, headers)
         try:
             event = _decode_event(raw)
         except Exception:
@@ -898,6 +1108,38 @@ cdef class Receiver:
             clock.adjust(clock_value)
         self._state.apply_event(event, hostname, type_ == 'worker-online',
                                 timestamp, freq, <double>_time())
+        self.applied += 1
+        return True
+
+    cdef bint scanned_lane(self, bytes raw, const char* p, Scan* scan,
+                           dict headers) except -1:
+        """:meth:`fast_lane` for a body that :func:`scan_standard` read."""
+        cdef Py_ssize_t type_length = scan.type_end - scan.type_start
+        cdef const char* type_ = p + scan.type_start
+        if scan.host_end <= scan.host_start:
+            return False
+        hostname = PyUnicode_DecodeASCII(p + scan.host_start,
+                                         scan.host_end - scan.host_start, NULL)
+        header_host = headers.get('hostname')
+        if header_host and header_host != hostname:
+            return False
+        if hostname == self._hostname:
+            return False
+        if type_length < 7 or memcmp(type_, b"worker-", 7) != 0 or (
+                type_length == 14 and memcmp(type_, b"worker-offline", 14) == 0):
+            return False
+        if not (scan.clock <= _MAX_PEER_CLOCK and 0.0 < scan.timestamp <= _MAX_TIME
+                and 0.0 < scan.freq <= _MAX_FREQ):
+            return False
+        clock = self._clock
+        if type(clock) is Clock:
+            (<Clock>clock).adjust_c(scan.clock)
+        else:
+            clock.adjust(scan.clock)
+        self._state.apply_event(
+            raw, hostname,
+            type_length == 13 and memcmp(type_, b"worker-online", 13) == 0,
+            scan.timestamp, scan.freq, <double>_time())
         self.applied += 1
         return True
 
