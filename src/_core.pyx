@@ -1286,3 +1286,15 @@ cdef class Receiver:
             'skipped_tasks': self.skipped_tasks,
             'decode_fallbacks': self.decode_fallbacks,
         }
+
+
+def scan_body(bytes body):
+    """``(hostname, type, clock, timestamp, freq)`` if :func:`scan_standard`
+    takes *body* as a standard event, else None (for tests)."""
+    cdef Scan scan
+    cdef const char* p = <const char*><char*>body
+    if not scan_standard(p, len(body), &scan):
+        return None
+    return (body[scan.host_start:scan.host_end].decode('ascii'),
+            body[scan.type_start:scan.type_end].decode('ascii'),
+            scan.clock, scan.timestamp, scan.freq)
