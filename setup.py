@@ -36,7 +36,7 @@ def extensions():
         ["src/_core.pyx"],
         optional=not REQUIRE,
     )
-    return cythonize(
+    built = cythonize(
         [ext],
         language_level=3,
         compiler_directives={
@@ -46,6 +46,9 @@ def extensions():
             "embedsignature": True,
         },
     )
+    for extension in built:  # cythonize() does not carry `optional` over
+        extension.optional = not REQUIRE
+    return built
 
 
 setup(ext_modules=extensions())

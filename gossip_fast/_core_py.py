@@ -117,25 +117,27 @@ class Clock:
         self._value = value
 
     def adjust(self, other):
-        with self.mutex:
-            if not valid_peer_clock(other):
+        # the check inline: this runs once per received event
+        if type(other) is not int or not 0 <= other <= MAX_PEER_CLOCK:
+            with self.mutex:
                 self.rejected += 1
                 if self._value < CLOCK_CEILING:
                     self._value += 1
                 return self._value
+        with self.mutex:
             value = self._value
-            if other > value:
-                value = other
-            if value < CLOCK_CEILING:
-                value += 1
+            value = (other if other > value else value) + 1
+            if value > CLOCK_CEILING:  # only from the ceiling itself
+                value = CLOCK_CEILING
             self._value = value
             return value
 
     def forward(self):
         with self.mutex:
-            if self._value < CLOCK_CEILING:
-                self._value += 1
-            return self._value
+            value = self._value
+            if value < CLOCK_CEILING:
+                value = self._value = value + 1
+            return value
 
     def sort_heap(self, h):
         """Return the first (lowest clock, then lowest id) event of *h*.

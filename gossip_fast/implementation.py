@@ -4,6 +4,7 @@
 missing or unloadable extension (no compiler at install time, PyPy).
 :data:`IMPLEMENTATION` says which one is active.
 """
+import importlib
 import os
 import platform
 
@@ -22,7 +23,7 @@ if NO_EXTENSIONS:
     from . import _core_py as core
 else:
     try:
-        from . import _core as core
+        core = importlib.import_module('gossip_fast._core')
     except ImportError as exc:  # not built: no compiler, or a source install
         EXTENSION_ERROR = exc
         from . import _core_py as core

@@ -25,7 +25,6 @@ from __future__ import annotations
 import atexit
 import glob
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -342,7 +341,7 @@ class RabbitMQServer(_Server):
         super().__init__(external_url, use_env=use_env)
         self.dist_port: int | None = None
         self.epmd_port: int | None = None
-        self._user: pwd.struct_passwd | None = None  # run as, when we are root
+        self._user = None  # a pwd.struct_passwd: run as, when we are root
 
     @staticmethod
     def find_server() -> str | None:
@@ -384,6 +383,7 @@ class RabbitMQServer(_Server):
         # rabbitmq user; the folder must be reachable and writable by it.
         if os.geteuid() == 0:
             try:
+                import pwd  # POSIX only: keep this module importable on Windows
                 self._user = pwd.getpwnam("rabbitmq")
             except KeyError:
                 self._user = None

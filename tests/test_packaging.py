@@ -5,7 +5,8 @@ the compiled core, and which gossip_fast the test run imported.
 tree once per session (``python -m build --no-isolation``, about 20 s here)
 and checks their listings.  It needs ``build`` and the build requirements of
 pyproject.toml (setuptools, Cython) installed; without them it skips, except
-under CI (``CI=true``), where it fails instead.
+under CI (``CI=true``), which never skips it: there it builds in isolation
+instead (fetching ``build``, setuptools and Cython from the package index).
 
 The two environment variables below are set by the wheel tests
 (``[tool.cibuildwheel] test-environment`` and ``scripts/check-wheel.sh``),
@@ -23,6 +24,7 @@ import importlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import re
 import shlex
@@ -140,32 +142,102 @@ def _instances(core):
     }
 
 
-@pytest.mark.parametrize('module_name', ['gossip_fast._core', 'gossip_fast._core_py'])
-def test_core_stub_matches_the_module(module_name):
+def _stub_functions():
+    """{(class name or None, function name): parameters} of the functions and
+    methods in _core.pyi (properties left out); a parameter is
+    ``(name, has a default)``, with ``*``/``**`` before the variadic ones."""
+    tree = ast.parse((PACKAGE_DIR / '_core.pyi').read_text(encoding='utf-8'))
+
+    def params(fn):
+        a = fn.args
+        pos = a.posonlyargs + a.args
+        defaults = [None] * (len(pos) - len(a.defaults)) + list(a.defaults)
+        out = [(p.arg, d is not None) for p, d in zip(pos, defaults)]
+        if a.vararg:
+            out.append(('*' + a.vararg.arg, False))
+        out += [(p.arg, d is not None) for p, d in zip(a.kwonlyargs, a.kw_defaults)]
+        if a.kwarg:
+            out.append(('**' + a.kwarg.arg, False))
+        return out
+
+    def is_property(fn):
+        return any((isinstance(d, ast.Name) and d.id == 'property')
+                   or (isinstance(d, ast.Attribute) and d.attr in ('setter', 'deleter'))
+                   for d in fn.decorator_list)
+
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            found[None, node.name] = params(node)
+        elif isinstance(node, ast.ClassDef):
+            for child in node.body:
+                if isinstance(child, ast.FunctionDef) and not is_property(child):
+                    found[node.name, child.name] = params(child)
+    return found
+
+
+def _runtime_params(obj):
+    """Like the parameters of _stub_functions(), or None if unknown."""
     try:
-        module = importlib.import_module(module_name)
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+    out = []
+    for p in signature.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            out.append(('*' + p.name, False))
+        elif p.kind is p.VAR_KEYWORD:
+            out.append(('**' + p.name, False))
+        else:
+            out.append((p.name, p.default is not p.empty))
+    if out in ([('self', False), ('*args', False), ('**kwargs', False)],
+               [('*args', False), ('**kwargs', False)]):
+        return None  # a slot wrapper (e.g. the __init__ of a cdef class)
+    return out
+
+
+def test_core_stub_matches_the_compiled_module():
+    """Every public name of gossip_fast._core is in _core.pyi, and the other
+    way round (the stub is checked against the module it describes)."""
+    try:
+        module = importlib.import_module('gossip_fast._core')
     except ImportError as exc:
-        pytest.skip(f'{module_name} is not built here: {exc}')
+        pytest.skip(f'the compiled core is not built here: {exc}')
     stub_module, stub_classes, stub_all = _stub_names()
+    problems = []
     runtime = _runtime_module_names(module)
-    if module_name == 'gossip_fast._core':
-        assert stub_module == runtime, (
-            f'only in _core.pyi: {sorted(stub_module - runtime)}; '
-            f'only in {module_name}: {sorted(runtime - stub_module)}')
-    else:  # the fallback may have a few more module constants (e.g. JSON)
-        assert stub_module <= runtime, sorted(stub_module - runtime)
-    assert sorted(stub_all) == sorted(module.__all__)
-    assert set(stub_classes) == {'Clock', 'Worker', 'State', 'Receiver'}
+    if stub_module != runtime:
+        problems.append(f'module: not in _core.pyi: {sorted(runtime - stub_module)}; '
+                        f'only in _core.pyi: {sorted(stub_module - runtime)}')
+    if sorted(stub_all or ()) != sorted(module.__all__):
+        problems.append(f'__all__: {stub_all} in _core.pyi, {module.__all__} in the module')
+    # a Worker serves the stock event fields (pid, freq, ...) from its last
+    # event, so a fresh one need not have them
+    lazy = {name for name, _ in getattr(module, 'DEFAULT_FIELDS', ())}
     for name, instance in _instances(module).items():
-        members = {n for n in dir(instance) if not n.startswith('_')}
-        declared = stub_classes[name]
-        if module_name == 'gossip_fast._core':
-            assert declared == members, (
-                f'{name}: only in _core.pyi: {sorted(declared - members)}; '
-                f'only in {module_name}: {sorted(members - declared)}')
-        else:  # tests/test_differential.py holds the two cores to the same API
-            assert members <= declared, (
-                f'{name}: not in _core.pyi: {sorted(members - declared)}')
+        try:
+            own = set(vars(instance))
+        except TypeError:  # no instance __dict__
+            own = set()
+        present = {n for n in set(dir(type(instance))) | own if not n.startswith('_')}
+        declared = stub_classes.get(name, set())
+        missing = present - declared
+        stale = declared - present - (lazy if name == 'Worker' else set())
+        if missing or stale:
+            problems.append(f'{name}: not in _core.pyi: {sorted(missing)}; '
+                            f'only in _core.pyi: {sorted(stale)}')
+    # the parameters of every function and method whose signature is known
+    for (owner, name), declared_params in sorted(
+            _stub_functions().items(), key=lambda item: (item[0][0] or '', item[0][1])):
+        if name.startswith('__'):
+            continue
+        obj = getattr(getattr(module, owner) if owner else module, name, None)
+        actual = None if obj is None else _runtime_params(obj)
+        if actual is not None and actual != declared_params:
+            problems.append(f'{owner + "." if owner else ""}{name}: parameters '
+                            f'{declared_params} in _core.pyi, {actual} in the module')
+    assert not problems, 'gossip_fast/_core.pyi is out of step with src/_core.pyx:\n' + (
+        '\n'.join(problems))
 
 
 # -- the sdist and the wheel ---------------------------------------------------
@@ -236,23 +308,38 @@ def dists(tmp_path_factory):
     for needed in ('pyproject.toml', 'setup.py', 'src/_core.pyx', 'gossip_fast/_version.py'):
         if not (ROOT / needed).is_file():
             _skip_or_fail(f'not a source checkout: {ROOT / needed} is missing')
+    out = tmp_path_factory.mktemp('dist')
+    cmd = [sys.executable, '-m', 'build', '--no-isolation', '--outdir', str(out), str(ROOT)]
+    env = dict(os.environ)
     missing = _missing_build_requirements()
     if missing:
-        _skip_or_fail('the build requirements are not installed (needed for '
-                      f'python -m build --no-isolation): {", ".join(missing)}')
+        reason = ('the build requirements are not installed (needed for '
+                  f'python -m build --no-isolation): {", ".join(missing)}')
+        if not _truthy('CI'):
+            pytest.skip(reason)
+        # CI never skips: build in isolation instead (pip fetches setuptools
+        # and Cython from the index), bootstrapping `build` itself if needed.
+        cmd.remove('--no-isolation')
+        if importlib.util.find_spec('build') is None:
+            tool = tmp_path_factory.mktemp('build-tool')
+            subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet',
+                            '--disable-pip-version-check', '--target', str(tool), 'build'],
+                           check=True, timeout=BUILD_TIMEOUT)
+            env['PYTHONPATH'] = os.pathsep.join(
+                filter(None, [str(tool), env.get('PYTHONPATH')]))
+        print(f'{reason}; CI=true, so: {shlex.join(cmd)}')
     compiled = _have_compiler()
-    env = dict(os.environ)
     env.pop('GOSSIP_FAST_NO_EXTENSIONS', None)
     if compiled:  # a wheel without the compiled core is then an error
         env['GOSSIP_FAST_REQUIRE_EXTENSIONS'] = '1'
     else:
         env.pop('GOSSIP_FAST_REQUIRE_EXTENSIONS', None)
     before = {
-        'package': {p.name for p in (ROOT / 'gossip_fast').glob('*.py')},
+        'package': {p.relative_to(ROOT).as_posix() for p in (ROOT / 'gossip_fast').rglob('*.py')
+                    if '__pycache__' not in p.parts},
         'tests': _source_files('tests'),
+        'docs': _source_files('docs') if (ROOT / 'docs').is_dir() else set(),
     }
-    out = tmp_path_factory.mktemp('dist')
-    cmd = [sys.executable, '-m', 'build', '--no-isolation', '--outdir', str(out), str(ROOT)]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=BUILD_TIMEOUT)
@@ -288,8 +375,9 @@ def _check_wheel(d):
         assert '__pycache__' not in path.parts, name
         assert not {'src', 'tests', 'benchmarks', 'scripts'} & set(path.parts), name
 
-    for module in sorted(d.package):
-        assert f'gossip_fast/{module}' in names, f'{module} is not in the wheel'
+    # every module of the package, subpackages included
+    absent = sorted(d.package - names)
+    assert not absent, f'not in the wheel: {absent}'
     assert 'gossip_fast/py.typed' in names
     assert 'gossip_fast/_core.pyi' in names
     assert 'gossip_fast/_core_py.py' in names
@@ -330,8 +418,8 @@ def _check_sdist(d):
         'CHANGELOG.md', 'MANIFEST.in', 'PKG-INFO',
         'gossip_fast/py.typed', 'gossip_fast/_core.pyi',
     }
-    required |= {f'gossip_fast/{m}' for m in d.package}
-    required |= d.tests
+    required |= d.package
+    required |= d.tests | d.docs
     assert not required - names, f'missing from the sdist: {sorted(required - names)}'
 
     allowed_tops = {
