@@ -380,8 +380,14 @@ class Gossip(bootsteps.ConsumerStep):
             self._reader_tref.cancel()
             self._reader_tref = None
         if self._reader is not None:
-            self._reader.stop()
-            self._reader = None
+            reader, self._reader = self._reader, None
+            reader.stop()
+            # kombu's consumer step closes only the channels of consumers we
+            # returned: the reader's channel is ours to close
+            try:
+                reader.channel.close()
+            except Exception:  # pylint: disable=broad-except
+                pass
 
     def stop(self, c):
         self._stop_reader()

@@ -43,7 +43,8 @@ class Reader:
         self.batches = 0
         self.longest_drain = 0.0
         self._retry_at = None
-        self._backoff = self.backoff_start
+        self._backoff = None  # the next wait; backoff_start at first
+        self._stopped = False
 
     # -- to implement -------------------------------------------------------
 
@@ -62,14 +63,19 @@ class Reader:
     # -- shared ---------------------------------------------------------------
 
     def start(self):
+        self._stopped = False
         self.connect()
 
     def stop(self):
+        self._stopped = True  # a late drain() must not reconnect
+        self._retry_at = None
         self.close()
 
     def drain(self):
         """The timer's callback: never raises, never blocks for long."""
         started = time.monotonic()
+        if self._stopped:
+            return 0
         if self._retry_at is not None:
             if started < self._retry_at:
                 return 0
@@ -79,7 +85,7 @@ class Reader:
                 self._failed(exc, started)
                 return 0
             self._retry_at = None
-            self._backoff = self.backoff_start
+            self._backoff = None
             self.reconnects += 1
             logger.info('gossip_fast: %s reader reconnected', self.name)
         try:
@@ -97,10 +103,11 @@ class Reader:
     def _failed(self, exc, now):
         self.errors += 1
         self.close()
+        wait = self._backoff or self.backoff_start
         logger.warning('gossip_fast: %s reader lost its connection (%r); '
-                       'retrying in %.1f s', self.name, exc, self._backoff)
-        self._retry_at = now + self._backoff
-        self._backoff = min(self._backoff * 2, self.backoff_max)
+                       'retrying in %.1f s', self.name, exc, wait)
+        self._retry_at = now + wait
+        self._backoff = min(wait * 2, self.backoff_max)
 
     def stats(self):
         return {
