@@ -393,6 +393,20 @@ class Gossip(bootsteps.ConsumerStep):
         self._stop_reader()
         super().stop(c)
 
+    def _close(self, c, cancel_consumers=True):
+        if getattr(c, 'connection', None) is not None:
+            return super()._close(c, cancel_consumers)
+        # Celery 5.7 drops c.connection before it restarts the consumer's
+        # steps after a connection loss; kombu's ignore_errors then fails on
+        # None and the step logs "Error on restarting Gossip".  Close quietly.
+        for consumer in self.consumers or []:
+            for close in ((consumer.cancel,) if cancel_consumers else ()) + (
+                    (consumer.channel.close,) if consumer.channel else ()):
+                try:
+                    close()
+                except Exception:  # pylint: disable=broad-except
+                    pass
+
     def shutdown(self, c):
         self._stop_reader()
         super().shutdown(c)

@@ -12,14 +12,17 @@ app's user bootstep) in that folder.  Everything is polled, with a deadline:
 * :meth:`Cluster.wait_for` polls any condition, failing early (with the
   logs) if a worker that should be running has exited.
 
-Workers are always stopped: by :meth:`Cluster.stop` (fixture teardown), and
-at exit for anything left (every worker carries a marker in its
-environment, so even a straggler outside its process group is found).
+Workers are always stopped: by :meth:`Cluster.stop` (fixture teardown), at
+exit for anything left (every worker carries a marker in its environment,
+so even a straggler outside its process group is found), and by the kernel
+if pytest itself is killed (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import datetime
 import glob
 import json
 import os
@@ -39,12 +42,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #: last one, and Gossip sweeps for lost peers every 5 s.
 HEARTBEAT_INTERVAL = 2.0
 SWEEP_INTERVAL = 5.0
-#: The brief's bound for node_lost after SIGKILL: 2 x heartbeat + sweep + 1 s.
+#: How late node_lost may fire after a SIGKILL: 2 x heartbeat + sweep + 1 s
+#: (the worst case is 2 x heartbeat + sweep; 1 s of slack).
 LOST_DETECTION_BOUND = 2 * HEARTBEAT_INTERVAL + SWEEP_INTERVAL + 1.0
 
 START_TIMEOUT = float(os.environ.get("GOSSIP_FAST_CLUSTER_START_TIMEOUT", 60))
 STOP_TIMEOUT = 15.0
 LOGLEVEL = os.environ.get("GOSSIP_FAST_CLUSTER_LOGLEVEL", "INFO")
+
+#: The fallback is asked for on purpose: no worker is given the compiled core.
+NO_EXTENSIONS = os.environ.get("GOSSIP_FAST_NO_EXTENSIONS", "").strip().lower() not in (
+    "", "0", "false", "no")
 
 #: Every worker's environment has this variable (value: its cluster folder).
 MARKER = "GOSSIP_FAST_CLUSTER_TEST"
@@ -54,24 +62,41 @@ ACTIVE: set["Cluster"] = set()
 #: Measurements (detection times, ...) collected for the end-of-run report.
 RESULTS: list[dict] = []
 
-#: Log lines that always mean trouble.
-BAD_LOG_PATTERNS = (
-    "Unrecoverable error",
-    "Ignored error from handler",
-    "CRITICAL",
-    "Segmentation fault",
-    "Fatal Python error",
-)
-#: ... and lines that are expected while a broker restarts.
+#: A Celery log record's first line: ``[2026-01-01 12:00:00,000: LEVEL/Process] text``.
+LOG_RECORD = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): (\w+)/[^\]]*\] ?(.*)")
+#: Warnings from gossip (bad input, clock drift, elections that never end,
+#: gossip_fast's receive path): never expected between healthy workers.
+BAD_WARNINGS = re.compile(
+    r"^gossip: |^gossip_fast: |Substantial drift|timed out without a result")
+#: Records expected while a broker restarts (the worker reconnects).
 CONNECTION_NOISE = re.compile(
-    r"Connection to broker lost|Cannot connect to|consumer: |Trying again in|"
-    r"ConnectionRefusedError|ConnectionResetError|ConnectionError|"
-    r"Connection refused|Connection reset|Server unexpectedly closed|"
-    r"Socket closed|socket|amqp|kombu|redis|Errno|celery/worker/consumer|"
-    r"RecoverableConnectionError|OperationalError|BrokenPipe|EOF|"
-    r"Retry limit|retry|reconnect|restart",
-    re.IGNORECASE,
-)
+    r"^consumer: (Cannot connect to|Connection to broker lost)|"
+    r"^Connection to broker lost|"
+    r"^gossip_fast: \w+ reader lost its connection")
+#: Celery 5.7 itself (not gossip_fast, stock Gossip too): after a lost
+#: connection ``Consumer.on_connection_error_after_connected`` sets
+#: ``c.connection = None`` before restarting the blueprint; a ConsumerStep's
+#: ``_close`` then calls ``ignore_errors(None, channel.close)``, and if the
+#: close fails that raises AttributeError, logged as below (the worker goes on).
+KNOWN_CELERY_RESTART_ERROR = re.compile(
+    r"^Error on restarting \w+: AttributeError\(\"'NoneType' object has no "
+    r"attribute 'connection_errors'\"\)")
+
+
+def log_records(text: str) -> list[dict]:
+    """Split a worker log into records: time, level, message, the whole text."""
+    records = []
+    for line in text.splitlines():
+        match = LOG_RECORD.match(line)
+        if match:
+            stamp, level, message = match.groups()
+            records.append(dict(
+                time=datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp(),
+                level=level, message=message, text=line))
+        elif records:
+            records[-1]["text"] += "\n" + line
+        # lines before the first record: the banner and start-up warnings
+    return records
 
 
 class ClusterError(AssertionError):
@@ -80,6 +105,17 @@ class ClusterError(AssertionError):
 
 class WaitTimeout(ClusterError):
     pass
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when pytest dies, even by
+    SIGKILL (Linux ``PR_SET_PDEATHSIG``), so no worker outlives its run."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except Exception:  # not Linux: atexit and the fixtures still stop them
+        pass
 
 
 def _tail(path: str, lines: int) -> str:
@@ -122,11 +158,19 @@ class Worker:
     """One ``celery worker`` subprocess, in its own process group."""
 
     def __init__(self, cluster: "Cluster", name: str, kind: str):
+        # kind: "cython" / "python" (gossip_fast) or "stock" (Celery's Gossip),
+        # optionally ":<mode>" for gossip_fast's receive path
+        # (GOSSIP_FAST_RECEIVE: "auto", the default, or "classic").
+        kind, _, receive = kind.partition(":")
         if kind not in ("cython", "python", "stock"):
             raise ValueError(f"unknown worker kind {kind!r}")
+        if receive not in ("", "auto", "classic") or (receive and kind == "stock"):
+            raise ValueError(f"unknown receive mode {receive!r} for {kind!r}")
         self.cluster = cluster
         self.name = name
-        self.kind = kind  # cython / python: gossip_fast; stock: Celery's Gossip
+        self.kind = kind
+        # None: the default (auto, or $GOSSIP_FAST_RECEIVE of the test run)
+        self.receive = receive or None
         self.hostname = f"{name}@{socket.gethostname()}"
         self.log_path = os.path.join(cluster.folder, f"{name}.log")
         self.events_path = os.path.join(cluster.folder, f"{self.hostname}.jsonl")
@@ -141,7 +185,8 @@ class Worker:
             code = self.proc.poll()
             state = f"pid {self.proc.pid}, " + (
                 "running" if code is None else f"exited {code}")
-        return f"<Worker {self.hostname} {self.kind} {state}>"
+        receive = f" receive={self.receive}" if self.receive else ""
+        return f"<Worker {self.hostname} {self.kind}{receive} {state}>"
 
     @property
     def gossip_fast(self) -> bool:
@@ -163,6 +208,8 @@ class Worker:
         env[MARKER] = self.cluster.folder
         if self.kind == "python":
             env["GOSSIP_FAST_NO_EXTENSIONS"] = "1"
+        if self.receive is not None:
+            env["GOSSIP_FAST_RECEIVE"] = self.receive
         return env
 
     def argv(self) -> list[str]:
@@ -178,7 +225,7 @@ class Worker:
             self.proc = subprocess.Popen(
                 self.argv(), cwd=self.cluster.folder, env=self.environment(),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )
         self.started_at = time.time()
         self.expect_running = True
@@ -270,33 +317,38 @@ class Worker:
     def log_tail(self, lines: int = 60) -> str:
         return _tail(self.log_path, lines)
 
-    def log_problems(self, allow_connection_errors: bool = False) -> list[str]:
-        """Log lines that show a bug (tracebacks, handler errors, crashes).
+    def log_records(self) -> list[dict]:
+        return log_records(self.log())
 
-        With ``allow_connection_errors``, tracebacks whose lines all look like
-        broker connection trouble (expected while a broker restarts) are
+    def log_problems(self, allow_connection_errors: bool = False) -> list[str]:
+        """Log records that show a bug: ERROR/CRITICAL records (tracebacks
+        included), and warnings about bad gossip input or clock drift.
+
+        With ``allow_connection_errors`` (a broker restart), the consumer's
+        connection errors and :data:`KNOWN_CELERY_RESTART_ERROR` are
         tolerated; "Unrecoverable error" and handler errors never are.
         """
         problems = []
-        lines = self.log().splitlines()
-        for number, line in enumerate(lines):
-            if any(p in line for p in BAD_LOG_PATTERNS):
-                problems.append(line)
-            elif line.startswith("Traceback"):
-                block = [line]
-                for more in lines[number + 1:]:
-                    if more.startswith(("[", "Traceback")) and len(block) > 1:
-                        break
-                    block.append(more)
-                if not allow_connection_errors or not all(
-                        CONNECTION_NOISE.search(b) or not b.strip()
-                        or b.startswith(("Traceback", "  ", "During handling",
-                                         "The above exception"))
-                        for b in block):
-                    problems.append("\n".join(block))
-                elif not CONNECTION_NOISE.search(block[-1]):
-                    problems.append("\n".join(block))
+        for record in self.log_records():
+            level, message = record["level"], record["message"]
+            if level in ("ERROR", "CRITICAL") or (
+                    level == "WARNING" and BAD_WARNINGS.search(message)):
+                if allow_connection_errors and (
+                        CONNECTION_NOISE.search(message)
+                        or KNOWN_CELERY_RESTART_ERROR.search(message)):
+                    continue
+                problems.append(record["text"])
         return problems
+
+    def known_celery_errors(self) -> int:
+        """How many times :data:`KNOWN_CELERY_RESTART_ERROR` was logged."""
+        return sum(1 for r in self.log_records()
+                   if KNOWN_CELERY_RESTART_ERROR.search(r["message"]))
+
+    def connected_times(self) -> list[float]:
+        """Times of the worker's "Connected to <broker>" log records."""
+        return [r["time"] for r in self.log_records()
+                if r["message"].startswith("Connected to ")]
 
 
 class Cluster:
@@ -322,7 +374,8 @@ class Cluster:
         """Start one worker per kind (in parallel); do not wait."""
         new = []
         for kind in kinds:
-            worker = Worker(self, f"{self.prefix}-{len(self.workers)}-{kind}", kind)
+            name = f"{self.prefix}-{len(self.workers)}-{kind.replace(':', '-')}"
+            worker = Worker(self, name, kind)
             self.workers.append(worker)
             new.append(worker.start())
         return new
@@ -454,6 +507,23 @@ class Cluster:
         return "\n".join(parts)
 
 
+@contextlib.contextmanager
+def running_cluster(broker, folder: str, label: str):
+    """A :class:`Cluster` on ``broker`` (a tests/brokers.py server), always
+    stopped on exit.
+
+    Class fixtures use it around their ``yield``: a cluster lives exactly as
+    long as the fixture's parameters (broker, implementation), so no worker
+    of one parameter set is still running when the next one starts (it
+    would be a fourth member of the next cluster).
+    """
+    cluster = Cluster(broker.url, folder, label=label)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def kill_marked(folder: str) -> None:
     """SIGKILL any process left with our marker for ``folder`` (Linux /proc)."""
     needle = f"{MARKER}={folder}".encode()
@@ -470,3 +540,138 @@ def kill_marked(folder: str) -> None:
 def _stop_everything() -> None:
     for cluster in list(ACTIVE):
         cluster.stop()
+
+
+# -- what the brokers see ---------------------------------------------------------
+
+RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+
+
+def rabbitmq_queues(server) -> list[dict]:
+    """``rabbitmqctl list_queues name consumers messages`` of a RabbitMQServer
+    started by tests/brokers.py (its private node: env from the server)."""
+    ctl = RABBITMQCTL if os.access(RABBITMQCTL, os.X_OK) else "rabbitmqctl"
+    result = subprocess.run(
+        [ctl, "-q", "-n", "rabbit@localhost", "list_queues",
+         "name", "consumers", "messages", "--formatter", "json"],
+        env=server._environment(), cwd=server.folder,
+        capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise ClusterError(f"rabbitmqctl failed ({result.returncode}): "
+                           f"{result.stdout}\n{result.stderr}")
+    return json.loads(result.stdout or "[]")
+
+
+def redis_subscriptions(url: str, workers: Iterable[Worker]) -> dict[str, dict]:
+    """Per worker: its Redis connections and their pattern/channel subscriptions
+    (``CLIENT LIST``, clients matched to worker processes by local port)."""
+    import psutil
+    import redis
+    from urllib.parse import urlsplit
+
+    server_port = urlsplit(url).port
+    owner = {}
+    for worker in workers:
+        if not worker.running:
+            continue
+        for conn in psutil.Process(worker.proc.pid).net_connections(kind="tcp"):
+            if conn.raddr and conn.raddr.port == server_port:
+                owner[conn.laddr.port] = worker.hostname
+    client = redis.Redis.from_url(url)
+    try:
+        clients = client.client_list()
+    finally:
+        client.close()
+    found = {w.hostname: dict(connections=0, psub=0, sub=0) for w in workers if w.running}
+    for entry in clients:
+        port = int(entry["addr"].rsplit(":", 1)[1])
+        hostname = owner.get(port)
+        if hostname is None:
+            continue
+        found[hostname]["connections"] += 1
+        found[hostname]["psub"] += int(entry.get("psub", 0))
+        found[hostname]["sub"] += int(entry.get("sub", 0))
+    return found
+
+
+# -- helpers shared by the tests ------------------------------------------------------
+
+
+def record_result(scenario: str, broker: str, event: str, seconds: float | None,
+                  observer: Worker | None = None, subject: Worker | None = None,
+                  bound: float | None = None, **extra) -> dict:
+    """Keep one measurement for the end-of-run report (and return it);
+    ``seconds=None`` for an observation that is not a duration."""
+    entry = dict(scenario=scenario, broker=broker, event=event, bound=bound, **extra)
+    if seconds is not None:
+        entry["seconds"] = round(seconds, 3)
+    if observer is not None:
+        entry.update(observer=observer.hostname, observer_kind=observer.kind)
+    if subject is not None:
+        entry.update(subject=subject.hostname, subject_kind=subject.kind)
+    RESULTS.append(entry)
+    return entry
+
+
+def join_counts(worker: Worker) -> dict[str, int]:
+    """How many times ``node_join`` fired on ``worker``, per peer."""
+    counts: dict[str, int] = {}
+    for record in worker.events("join"):
+        counts[record["peer"]] = counts.get(record["peer"], 0) + 1
+    return counts
+
+
+def decided(stats: dict) -> int:
+    return (stats.get("elections") or {}).get("decided", 0)
+
+
+def run_election(cluster: Cluster, workers: list[Worker], eid: str,
+                 timeout: float = 20.0) -> tuple[list[Worker], float]:
+    """``app.control.election(eid, 'record', {'election': eid})``; wait until
+    every one of ``workers`` (gossip_fast) has decided it.
+
+    Returns the workers that recorded a win for it (the app's ``record``
+    topic handler) and the seconds from the request to the last decision.
+    """
+    before = cluster.all_stats(workers)
+    assert before is not None, "not every worker answered gossip_stats"
+    started = time.time()
+    cluster.election(eid, "record", {"election": eid})
+
+    def all_decided():
+        stats = cluster.all_stats(workers)
+        return stats and all(decided(stats[w.hostname]) > decided(before[w.hostname])
+                             for w in workers)
+
+    cluster.wait_for(all_decided, timeout, f"election {eid} decided by every worker",
+                     interval=0.05)
+    seconds = time.time() - started
+    winners = [w for w in cluster.workers
+               if w.events("elected", action={"election": eid})]
+    return winners, seconds
+
+
+def assert_clean_logs(workers: Iterable[Worker], allow_connection_errors: bool = False):
+    problems = {w.hostname: w.log_problems(allow_connection_errors) for w in workers}
+    problems = {k: v for k, v in problems.items() if v}
+    assert not problems, "problems in worker logs:\n" + "\n".join(
+        f"--- {host}:\n" + "\n".join(lines) for host, lines in problems.items())
+
+
+def wait_more_heartbeats(cluster: Cluster, workers: list[Worker], peers: int,
+                         beats: int = 2, timeout: float = 20.0) -> dict:
+    """Wait until each worker applied ``beats`` more events from each of its
+    ``peers`` peers (about ``beats`` heartbeat intervals): a window in which
+    a duplicate join (or anything else) would have shown up."""
+    before = cluster.all_stats(workers)
+    assert before is not None, "not every worker answered gossip_stats"
+
+    def enough():
+        stats = cluster.all_stats(workers)
+        return stats and all(
+            stats[w.hostname]["events"]["applied"]
+            >= before[w.hostname]["events"]["applied"] + beats * peers
+            for w in workers)
+
+    return cluster.wait_for(enough, timeout, f"{beats} more heartbeats from each peer",
+                            interval=0.25)
