@@ -527,3 +527,15 @@ def test_bad_input_logging_is_rate_limited(gossip, fast_prepare, caplog):
             gossip.on_message(fast_prepare, wire.raw("worker.heartbeat", b"[1]"))
     assert gossip.dropped["bad_body"] == 500
     assert sum("bad_body" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_stop_after_celery_dropped_the_connection(gossip):
+    """Celery 5.7 sets c.connection = None before restarting the steps after
+    a connection loss; stopping must not raise or log an error."""
+    consumer = SimulatedConsumer(gossip.app)
+    with Connection("memory://") as conn:
+        gossip.timer = type("T", (), {"call_repeatedly": lambda s, *a: None})()
+        gossip.consumers = gossip.get_consumers(conn.channel())
+        consumer.connection = None
+        gossip.stop(consumer)
+        gossip.shutdown(consumer)
