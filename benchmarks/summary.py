@@ -32,8 +32,8 @@ def rows(data, stat='median'):
         if 'bytes_per_worker' in extra:
             value = extra['bytes_per_worker']
             shown = f'{value:,.0f} B'
-        else:
-            value = item['stats'][stat]
+        else:  # per operation when a call does a batch of them
+            value = item['stats'][stat] / extra.get('operations_per_call', 1)
             shown = human_time(value)
         groups.setdefault(item['group'] or item['name'], {})[impl] = (
             value, shown, extra.get('note'))

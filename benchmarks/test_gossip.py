@@ -18,6 +18,9 @@ def joins_counter(g):
     return joins
 
 
+BATCH = 100
+
+
 @pytest.mark.parametrize('transport', ['redis', 'amqp'])
 def test_on_message(benchmark, gossip, transport):
     """One heartbeat (a real kombu Message) into a 2,000-worker table."""
@@ -26,14 +29,19 @@ def test_on_message(benchmark, gossip, transport):
     messages = bench.heartbeat_messages(transport, range(CLUSTER))
     bench.feed(g, prepare, messages)  # every worker joins: steady state after
     joins = joins_counter(g)
-    cycle, on_message = itertools.cycle(messages), g.on_message
+    on_message = g.on_message
+    # 100 heartbeats per timed call, so the harness's own per-call cost
+    # (timer, wrapper) does not weigh on a ~3 us operation; reported per heartbeat
+    batches = [messages[i:i + BATCH] for i in range(0, len(messages), BATCH)]
+    cycle = itertools.cycle(batches)
+    benchmark.extra_info['operations_per_call'] = BATCH
 
-    def one_heartbeat():
-        message = next(cycle)
-        message._decoded_cache = None  # stock caches (and edits) the payload
-        on_message(prepare, message)
+    def hundred_heartbeats():
+        for message in next(cycle):
+            message._decoded_cache = None  # stock caches (and edits) the payload
+            on_message(prepare, message)
 
-    benchmark(one_heartbeat)
+    benchmark(hundred_heartbeats)
     assert len(g.state.workers) == CLUSTER and not joins
 
 
