@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Regenerate the in-process results shown in the README: the pytest-benchmark
+# suite (stock / python / cython side by side, one run) -> docs/benchmarks.md,
+# and the main job's side-by-side table -> docs/bench-cli.txt.
+# The real-broker cluster benchmark is scripts/cluster-bench.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh >&2
+mkdir -p docs
+.venv/bin/python -m pytest benchmarks --benchmark-only -q -p no:cacheprovider \
+    --benchmark-json=docs/benchmarks.json
+.venv/bin/python benchmarks/summary.py docs/benchmarks.json -o docs/benchmarks.md
+.venv/bin/gossip-fast bench --quiet | tee docs/bench-cli.txt
+cat docs/benchmarks.md
