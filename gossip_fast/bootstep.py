@@ -354,8 +354,14 @@ class Gossip(bootsteps.ConsumerStep):
             queues=[ev.queue],
             on_message=partial(self.on_message, self._receiver.fast_prepare),
             accept=ev.accept,
-            no_ack=True
+            no_ack=True,
+            # kombu raises a message it cannot decompress out of the consumer
+            # (stock: the worker dies); count and drop it instead
+            on_decode_error=self._on_decode_error,
         )]
+
+    def _on_decode_error(self, message, exc):
+        self._reject('decode_error', (message.headers or {}).get('hostname'), exc)
 
     def _start_reader(self, channel, queue):
         """Start the fast receive path (gossip_fast.fastpath) if it applies;

@@ -539,3 +539,19 @@ def test_stop_after_celery_dropped_the_connection(gossip):
         consumer.connection = None
         gossip.stop(consumer)
         gossip.shutdown(consumer)
+
+
+def test_undecompressable_message_on_the_classic_consumer(gossip):
+    """kombu re-raises a message it cannot decompress out of the consumer
+    unless on_decode_error is given: counted and dropped instead."""
+    with Connection("memory://") as conn:
+        gossip.timer = type("T", (), {"call_repeatedly": lambda s, *a: None})()
+        [kconsumer] = gossip.get_consumers(conn.channel())
+        kconsumer.consume()
+        producer = conn.Producer()
+        producer.publish(b"not zlib", exchange=kconsumer.queues[0].exchange,
+                         routing_key="worker.heartbeat", content_type="application/json",
+                         content_encoding="utf-8", declare=kconsumer.queues,
+                         headers={"compression": "application/x-gzip", "hostname": "a@x"})
+        conn.drain_events(timeout=1)
+    assert gossip.dropped["decode_error"] == 1
