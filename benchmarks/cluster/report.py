@@ -40,7 +40,14 @@ def _status(r):
     lost = _lost_note(r)
     if r['keeps_up'] and not lost:
         return 'follows'
-    return '**behind**: ' + '; '.join(x for x in (r['reason'], lost) if x)
+    reason = r['reason'] or ''
+    runs = r.get('runs') or []
+    if ' / ' in reason:  # one reason per window (older runs): the first, and how many
+        reason = reason.split(' / ')[0]
+    if len(runs) > 1:
+        behind = sum(1 for x in runs if x.get('keeps_up') is False)
+        reason += f' ({behind} of {len(runs)} windows behind)'
+    return '**behind**: ' + '; '.join(x for x in (reason, lost) if x)
 
 
 def markdown(results):
@@ -323,7 +330,11 @@ def plot(results, path):
     fig.suptitle('Gossip cost in one Celery worker, stock vs gossip_fast, same stream '
                  f'({m["cpu_model"]}, {m["cores"]} cores, {m["date"][:10]}; circled: fell behind)',
                  fontsize=10)
-    fig.tight_layout()
+    fig.text(0.01, 0.005, 'Circled: the worker fell behind (applied < 95% of what was '
+             'published, or shed, or saturated); its CPU % is then what it managed to use, not '
+             'what following the stream would take. See the Markdown table for the machine\'s '
+             'load in each window.', fontsize=7.5, color='#555', va='bottom')
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

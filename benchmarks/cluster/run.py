@@ -823,12 +823,15 @@ def combine(runs):
             runs=[{'us_per_heartbeat': x['us_per_heartbeat'], 'cpu_pct': x['cpu_pct'],
                    'applied_rate': x['applied_rate'], 'keeps_up': x['keeps_up']} for x in rs],
         )
-        w['keeps_up'] = None if any(x['keeps_up'] is None for x in rs) else all(x['keeps_up'] for x in rs)
-        reasons = []
-        for x in rs:
-            if x['reason'] and x['reason'] not in reasons:
-                reasons.append(x['reason'])
-        w['reason'] = ' / '.join(reasons)
+        if any(x['keeps_up'] is None for x in rs):
+            w['keeps_up'], w['reason'] = None, ''
+        else:
+            # the pooled numbers judged as one window; behind if any window was
+            pooled_ok, reason = judge(w, window['published_rate'])
+            w['keeps_up'] = pooled_ok and all(x['keeps_up'] for x in rs)
+            if not w['keeps_up'] and not reason:
+                reason = next(x['reason'] for x in rs if not x['keeps_up'])
+            w['reason'] = reason
         window['workers'][kind] = w
     return window
 
