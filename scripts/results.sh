@@ -6,9 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >&2
-mkdir -p docs
+mkdir -p docs .benchmarks
 .venv/bin/python -m pytest benchmarks --benchmark-only -q -p no:cacheprovider \
-    --benchmark-json=docs/benchmarks.json
-.venv/bin/python benchmarks/summary.py docs/benchmarks.json -o docs/benchmarks.md
+    --benchmark-json=.benchmarks/results.json
+.venv/bin/python benchmarks/summary.py .benchmarks/results.json -o docs/benchmarks.md
 .venv/bin/gossip-fast bench --quiet | tee docs/bench-cli.txt
 cat docs/benchmarks.md
