@@ -9,7 +9,7 @@ declared here are the ones the module has.
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final, TypeVar, final
 
-__all__ = ('Clock', 'Worker', 'State', 'Receiver', 'MAX_PEER_CLOCK',
+__all__ = ('Clock', 'Worker', 'State', 'Receiver', 'MAX_PEER_CLOCK', 'REJECTED',
            'RESERVED_FIELDS', 'SLOTS_PER_SECOND', 'MAX_FREQ')
 
 _T = TypeVar('_T')
@@ -25,6 +25,8 @@ _Prepare = Callable[[_EventBody], tuple[Any, _EventBody]]
 
 #: Highest clock value accepted from a peer (``2**62``).
 MAX_PEER_CLOCK: Final[int]
+#: What ``Receiver.decode`` returns for a message it rejected.
+REJECTED: Final[object]
 #: Our clock saturates here (``2**63 - 1``) instead of overflowing.
 CLOCK_CEILING: Final[int]
 #: Heartbeat periods above this many seconds (a day) are bad input.
@@ -124,6 +126,7 @@ class State:
     joins: int
     leaves: int
     losses: int
+    dropped: int
 
     def __init__(self,
                  on_node_join: Callable[[Worker], object] | None = None,
@@ -132,6 +135,7 @@ class State:
                  on_drift: _DriftCallback | None = None) -> None: ...
     def event(self, event: Mapping[str, Any]) -> tuple[tuple[Worker, bool], str] | None: ...
     def sweep(self, now: float | None = None) -> list[Worker]: ...
+    def expired(self, now: float | None = None) -> list[str]: ...
     def alive_workers(self) -> Iterator[Worker]: ...
     def alive_count(self, now: float | None = None) -> int: ...
     def is_alive(self, hostname: str, now: float | None = None) -> bool: ...

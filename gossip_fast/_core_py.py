@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - depends on the platform
 else:
     _fast_json = _JSONDecoder().decode
 
-__all__ = ('Clock', 'Worker', 'State', 'Receiver', 'MAX_PEER_CLOCK',
+__all__ = ('Clock', 'Worker', 'State', 'Receiver', 'MAX_PEER_CLOCK', 'REJECTED',
            'RESERVED_FIELDS', 'SLOTS_PER_SECOND', 'MAX_FREQ')
 
 #: Highest clock value accepted from a peer.  Far beyond any real cluster
@@ -62,6 +62,9 @@ DEFAULT_FIELDS = (
     ('sw_ver', None), ('sw_sys', None),
 )
 JSON = 'application/json'
+#: What ``Receiver.decode`` returns for a message it rejected (a JSON
+#: ``null`` body decodes to None, which is bad input of another kind).
+REJECTED = object()
 
 
 def valid_peer_clock(value):
@@ -235,6 +238,7 @@ class State:
         self.on_reject = on_reject
         self.on_drift = on_drift
         self.event_count = 0
+        self.dropped = 0       # events rejected as bad input
         self.joins = 0
         self.leaves = 0
         self.losses = 0
@@ -244,6 +248,8 @@ class State:
     # -- input validation --------------------------------------------------
 
     def _reject(self, reason, hostname, detail):
+        """Drop the event: count it here and tell the bootstep."""
+        self.dropped += 1
         if self.on_reject is not None:
             self.on_reject(reason, hostname, detail)
         return None
@@ -280,7 +286,8 @@ class State:
                 return self._reject('bad_freq', hostname, event['freq'])
         for key in RESERVED_FIELDS:
             if key in event:
-                self._reject('reserved_field', hostname, key)
+                if self.on_reject is not None:  # cleaned, still applied
+                    self.on_reject('reserved_field', hostname, key)
                 event = {k: v for k, v in event.items() if k not in RESERVED_FIELDS}
                 break
         workers = self.workers
@@ -393,6 +400,21 @@ class State:
 
     # -- queries -----------------------------------------------------------
 
+    def expired(self, now=None):
+        """Hostnames of the workers that :meth:`sweep` at *now* would
+        remove, left in place (only due slots are visited)."""
+        if now is None:
+            now = time.time()
+        current = int(now * SLOTS_PER_SECOND)
+        workers = self.workers
+        found = []
+        for slot, bucket in self._wheel.items():
+            if slot <= current:
+                for hostname, worker in bucket.items():
+                    if not now < worker._expires and workers.get(hostname) is worker:
+                        found.append(hostname)
+        return found
+
     def alive_workers(self):
         """Iterator over the workers that are alive now."""
         now = time.time()
@@ -472,8 +494,8 @@ class Receiver:
         return None
 
     def decode(self, message, raw=None):
-        """The payload of *message* (or of its *raw* JSON bytes), or None
-        (and a rejection) if it is bad.
+        """The payload of *message* (or of its *raw* JSON bytes), or
+        :data:`REJECTED` (and a rejection) if it is bad.
 
         Real kombu messages with a JSON body are decoded here from their raw
         bytes; everything else goes through kombu's ``loads`` with our
@@ -484,9 +506,9 @@ class Receiver:
                 try:  # a message-like object of the user's or a test's
                     return message.payload
                 except Exception as exc:
-                    return self._reject('decode_error', None, exc)
+                    return self._rejected('decode_error', None, exc)
             if message.errors:
-                return self._reject('decode_error', None, 'undecompressable body')
+                return self._rejected('decode_error', None, 'undecompressable body')
             raw = self.raw_json(message.body, message.content_type,
                                 message.content_encoding, message.headers)
             if raw is None:
@@ -494,7 +516,7 @@ class Receiver:
                     return kombu_loads(message.body, message.content_type,
                                        message.content_encoding, accept=self.accept)
                 except Exception as exc:
-                    return self._reject('decode_error', None, exc)
+                    return self._rejected('decode_error', None, exc)
         try:
             return _fast_json(raw)
         except Exception:
@@ -502,11 +524,15 @@ class Receiver:
         try:
             return kombu_loads(raw, JSON, 'utf-8', accept=self.accept)
         except Exception as exc:
-            return self._reject('decode_error', None, exc)
+            return self._rejected('decode_error', None, exc)
 
     def _reject(self, reason, hostname, detail):
         self.gossip._reject(reason, hostname, detail)
         return None
+
+    def _rejected(self, reason, hostname, detail):
+        self.gossip._reject(reason, hostname, detail)
+        return REJECTED
 
     # -- the event's preparation (event_from_message, localize=False) -------
 
@@ -570,13 +596,13 @@ class Receiver:
         handler = gossip.event_handlers.get(routing_key)
         if handler is not None:
             payload = self.decode(message, raw)
-            if payload is None:
+            if payload is REJECTED:
                 return None
             if type(payload) is not dict:
                 return self._reject('bad_body', None, type(payload).__name__)
             return gossip._call_event_handler(handler, payload)
         body = self.decode(message, raw)
-        if body is None:
+        if body is REJECTED:
             return None
         if type(body) is not dict:
             return self._reject('bad_body', None, type(body).__name__)
@@ -602,7 +628,11 @@ class Receiver:
                 event = prepare(body)[1]
             update_state = gossip.update_state
             if update_state is self.state_event:
-                self.state.event(event)
+                state = self.state
+                dropped = state.dropped
+                state.event(event)
+                if state.dropped != dropped:
+                    return None  # bad input, counted by the state
             else:
                 update_state(event)
         except Exception as exc:  # never raise out of the consumer

@@ -326,6 +326,14 @@ class Gossip(bootsteps.ConsumerStep):
     def periodic(self):
         state = self.state
         if state is getattr(self._receiver, 'state', None):
+            reader = self._reader
+            if reader is not None and reader.backlog():
+                # events we hold but have not applied yet (a backlog) may
+                # include a newer heartbeat of a peer that looks expired:
+                # apply those first, so that it is not declared lost
+                due = state.expired()
+                if due:
+                    reader.apply_from(frozenset(due))
             for worker in state.sweep():
                 self.on_node_lost(worker)
         else:  # a state swapped in by the user: stock's sweep
@@ -378,8 +386,22 @@ class Gossip(bootsteps.ConsumerStep):
             reader.stop()
             return False
         self._reader = reader
-        self._reader_tref = self.timer.call_repeatedly(reader.max_delay, reader.drain)
+        self._schedule_drain(reader, reader.max_delay)
         return True
+
+    def _schedule_drain(self, reader, delay):
+        self._reader_tref = self.timer.call_after(delay, self._drain, (reader,))
+
+    def _drain(self, reader):
+        """The reader's timer callback: drain, then come back after
+        ``reader.next_delay()`` (sooner while it has a backlog)."""
+        if reader is not self._reader:
+            return  # stopped, or replaced by a consumer restart
+        try:
+            reader.drain()
+        finally:
+            if reader is self._reader:
+                self._schedule_drain(reader, reader.next_delay())
 
     def _stop_reader(self):
         if self._reader_tref is not None:

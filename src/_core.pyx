@@ -110,7 +110,7 @@ def _init_offsets():
 
 _init_offsets()
 
-__all__ = ('Clock', 'Worker', 'State', 'Receiver', 'MAX_PEER_CLOCK',
+__all__ = ('Clock', 'Worker', 'State', 'Receiver', 'MAX_PEER_CLOCK', 'REJECTED',
            'RESERVED_FIELDS', 'SLOTS_PER_SECOND', 'MAX_FREQ')
 
 cdef long long _MAX_PEER_CLOCK = 2 ** 62
@@ -150,6 +150,10 @@ cdef extern from "Python.h":
 
 cdef dict _DEFAULTS = dict(DEFAULT_FIELDS)
 cdef str JSON = 'application/json'
+#: What ``Receiver.decode`` returns for a message it rejected (a JSON
+#: ``null`` body decodes to None, which is bad input of another kind).
+REJECTED = object()
+cdef object _REJECTED = REJECTED
 cdef object _time = time.time
 cdef object _heappush = heapq.heappush
 cdef object _heappop = heapq.heappop
@@ -655,7 +659,7 @@ cdef class State:
     """
     cdef public dict workers
     cdef public object on_node_join, on_node_leave, on_reject, on_drift
-    cdef public Py_ssize_t event_count, joins, leaves, losses
+    cdef public Py_ssize_t event_count, dropped, joins, leaves, losses
     cdef dict _wheel
     cdef list _slots
     cdef long long _last_slot
@@ -671,6 +675,7 @@ cdef class State:
         self.on_reject = on_reject
         self.on_drift = on_drift
         self.event_count = 0
+        self.dropped = 0
         self.joins = 0
         self.leaves = 0
         self.losses = 0
@@ -680,6 +685,8 @@ cdef class State:
         self._last_bucket = None
 
     cdef object _reject(self, str reason, object hostname, object detail):
+        """Drop the event: count it here and tell the bootstep."""
+        self.dropped += 1
         if self.on_reject is not None:
             self.on_reject(reason, hostname, detail)
         return None
@@ -733,7 +740,8 @@ cdef class State:
                 return None
         reserved = first_reserved_key(event)
         if reserved is not None:
-            self._reject('reserved_field', hostname, reserved)
+            if self.on_reject is not None:  # cleaned, still applied
+                self.on_reject('reserved_field', hostname, reserved)
             event = {k: v for k, v in event.items() if k not in RESERVED_FIELDS}
         self._subject = subject
         found = self.workers.get(hostname)
@@ -894,6 +902,20 @@ cdef class State:
 
     # -- queries -----------------------------------------------------------
 
+    def expired(self, now=None):
+        """Hostnames of the workers that :meth:`sweep` at *now* would
+        remove, left in place (only due slots are visited)."""
+        cdef double t = _time() if now is None else now
+        cdef long long current = <long long>(t * _SLOTS_PER_SECOND)
+        cdef dict workers = self.workers
+        cdef list found = []
+        for key, bucket in self._wheel.items():
+            if <long long>key <= current:
+                for hostname, w in (<dict>bucket).items():
+                    if not t < (<Worker>w)._expires and workers.get(hostname) is w:
+                        found.append(hostname)
+        return found
+
     def alive_workers(self):
         """Iterator over the workers that are alive now."""
         cdef double t = _time()
@@ -1026,8 +1048,8 @@ cdef class Receiver:
                              message.content_encoding, message.headers)
 
     cpdef object decode(self, message, raw=None):
-        """The payload of *message* (or of its *raw* JSON bytes), or None
-        (and a rejection) if it is bad.
+        """The payload of *message* (or of its *raw* JSON bytes), or
+        :data:`REJECTED` (and a rejection) if it is bad.
 
         Real kombu messages with a JSON body are decoded here from their raw
         bytes; everything else goes through kombu's ``loads`` with our
@@ -1038,16 +1060,16 @@ cdef class Receiver:
                 try:  # a message-like object of the user's or a test's
                     return message.payload
                 except Exception as exc:
-                    return self._reject('decode_error', None, exc)
+                    return self._rejected('decode_error', None, exc)
             if message.errors:
-                return self._reject('decode_error', None, 'undecompressable body')
+                return self._rejected('decode_error', None, 'undecompressable body')
             raw = self.message_raw(message)
             if raw is None:
                 try:
                     return kombu_loads(message.body, message.content_type,
                                        message.content_encoding, accept=self._accept)
                 except Exception as exc:
-                    return self._reject('decode_error', None, exc)
+                    return self._rejected('decode_error', None, exc)
         try:
             return _fast_json(raw)
         except Exception:
@@ -1055,7 +1077,7 @@ cdef class Receiver:
         try:
             return kombu_loads(raw, JSON, 'utf-8', accept=self._accept)
         except Exception as exc:
-            return self._reject('decode_error', None, exc)
+            return self._rejected('decode_error', None, exc)
 
     cdef bint fast_lane(self, object raw, dict headers) except -1:
         """Handle a standard worker event without building a dict.
@@ -1147,6 +1169,10 @@ cdef class Receiver:
         self.gossip._reject(reason, hostname, detail)
         return None
 
+    cdef object _rejected(self, str reason, object hostname, object detail):
+        self.gossip._reject(reason, hostname, detail)
+        return _REJECTED
+
     # -- the event's preparation (event_from_message, localize=False) -------
 
     def prepare(self, body):
@@ -1222,7 +1248,7 @@ cdef class Receiver:
         handler = self._event_handlers.get(routing_key)
         if handler is not None:
             payload = self.decode(message, raw)
-            if payload is None:
+            if payload is _REJECTED:
                 return None
             if type(payload) is not dict:
                 return self._reject('bad_body', None, type(payload).__name__)
@@ -1239,7 +1265,7 @@ cdef class Receiver:
                 except Exception as exc:  # never raise out of the consumer
                     return self._reject('error', None, exc)
         found = self.decode(message, raw)
-        if found is None:
+        if found is _REJECTED:
             return None
         if type(found) is not dict:
             return self._reject('bad_body', None, type(found).__name__)
@@ -1270,7 +1296,10 @@ cdef class Receiver:
                 event = prepare(body)[1]
             update_state = self._update_state
             if update_state is self.state_event and self._state is not None:
+                dropped = self._state.dropped
                 self._state.apply(<dict>event)
+                if self._state.dropped != dropped:
+                    return None  # bad input, counted by the state
             else:
                 update_state(event)
         except Exception as exc:  # never raise out of the consumer

@@ -8,6 +8,7 @@ testing an sdist installed without a compiler).
 """
 import importlib
 import os
+import time
 
 import pytest
 from celery import Celery
@@ -71,6 +72,17 @@ def gossip(GossipClass, app):
 @pytest.fixture
 def fast_prepare(gossip):
     return gossip._receiver.fast_prepare
+
+
+def assert_drain_scheduled(gossip, timer):
+    """The fast reader's next drain is on *timer* (kombu's), once, due
+    within the reader's ``max_delay``."""
+    reader = gossip._reader
+    assert reader is not None
+    due = [item for item in timer.queue
+           if item.entry.fun == gossip._drain and item.entry.args == (reader,)]
+    assert len(due) == 1, timer.queue
+    assert due[0].eta <= time.monotonic() + reader.max_delay
 
 
 def pytest_report_header(config):

@@ -555,3 +555,25 @@ def test_undecompressable_message_on_the_classic_consumer(gossip):
                          headers={"compression": "application/x-gzip", "hostname": "a@x"})
         conn.drain_events(timeout=1)
     assert gossip.dropped["decode_error"] == 1
+
+
+@pytest.mark.parametrize("routing_key", ["worker.heartbeat", "worker.elect"])
+def test_null_and_scalar_bodies_are_counted(gossip, fast_prepare, routing_key):
+    """A JSON ``null`` body is bad input like a list or a number: dropped,
+    counted as ``bad_body``, never mistaken for an earlier rejection."""
+    for body in (b"null", b"3", b'"text"'):
+        gossip.on_message(fast_prepare, wire.raw(routing_key, body, hostname="a@x"))
+    assert gossip.dropped["bad_body"] == 3
+    assert "a@x" not in gossip.state.workers
+
+
+def test_applied_counts_only_events_the_state_took(gossip, fast_prepare):
+    """``events.applied`` leaves out events the table drops as bad input,
+    so received = applied + own + skipped + dropped adds up."""
+    gossip.on_message(fast_prepare, wire.heartbeat("a@x"))
+    gossip.on_message(fast_prepare, wire.heartbeat("b@x", freq="fast"))
+    gossip.on_message(fast_prepare, wire.event("worker-heartbeat", "c@x", clock=3,
+                                               timestamp="abc"))
+    stats = gossip.stats()
+    assert stats["events"]["received"] == 3 and stats["events"]["applied"] == 1
+    assert stats["dropped"] == {"bad_freq": 1, "bad_timestamp": 1}

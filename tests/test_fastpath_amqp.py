@@ -31,11 +31,12 @@ from amqp.serialization import dumps
 from celery import Celery
 from celery.events.event import get_exchange
 from kombu import Connection, Producer
+from kombu.asynchronous.timer import Timer
 
 from gossip_fast.fastpath.amqp import AMQPClosed, AMQPFrameError, AMQPReader
 from gossip_fast.simulate import event_body, heartbeat_body
 
-from .conftest import gossip_class, load_core, make_gossip
+from .conftest import assert_drain_scheduled, gossip_class, load_core, make_gossip
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ME = "local@test"
@@ -45,17 +46,6 @@ FIELDS = ("hostname", "pid", "freq", "clock", "active", "processed", "loadavg", 
 
 
 # -- helpers -----------------------------------------------------------------------
-
-
-class Timer:
-    """The worker's timer, enough for get_consumers: records the calls."""
-
-    def __init__(self):
-        self.calls = []
-
-    def call_repeatedly(self, seconds, fun, *args, **kwargs):
-        self.calls.append((seconds, fun))
-        return types.SimpleNamespace(cancel=lambda: None)
 
 
 class Node:
@@ -68,7 +58,7 @@ class Node:
         self.app.conf.update(conf or {})
         self.gossip = make_gossip(gossip_class(core), self.app, hostname=hostname,
                                   **gossip_options)
-        self.gossip.timer = Timer()
+        self.gossip.timer = Timer()  # kombu's, as the worker's hub uses
         self.connection = Connection(url, **(connection_options or {}))
         self.channel = self.connection.channel()
         self.consumers = self.gossip.get_consumers(self.channel)
@@ -232,7 +222,7 @@ def test_get_consumers_starts_the_reader(nodes):
     reader = node.reader
     assert isinstance(reader, AMQPReader)
     assert node.consumers == []
-    assert (reader.max_delay, reader.drain) in node.gossip.timer.calls
+    assert_drain_scheduled(node.gossip, node.gossip.timer)
     # its own connection, with the consumer connection's settings
     assert reader.conn is not node.connection
     mine, theirs = reader.conn.info(), node.connection.info()
@@ -303,6 +293,13 @@ def test_odd_messages_go_through_kombu(nodes, publisher):
     publisher.raw("worker.heartbeat", heartbeat_body("latin@x", 6, now),
                   content_type="application/json", content_encoding="latin-1",
                   application_headers={"hostname": "latin@x"})
+    # py-amqp decodes a body with its content encoding before kombu sees it
+    publisher.raw("worker.heartbeat", heartbeat_body("utf16@x", 6, now).decode().encode(
+                  "utf-16"), content_type="application/json", content_encoding="utf-16",
+                  application_headers={"hostname": "utf16@x"})
+    publisher.raw("worker.heartbeat", heartbeat_body("badcodec@x", 6, now),
+                  content_type="application/json", content_encoding="x-no-such-codec",
+                  application_headers={"hostname": "badcodec@x"})
     publisher.raw("worker.heartbeat", zlib.compress(heartbeat_body("gz@x", 7, now)),
                   content_type="application/json", content_encoding="utf-8",
                   application_headers={"hostname": "gz@x", "compression": "application/x-gzip"})
@@ -320,7 +317,7 @@ def test_odd_messages_go_through_kombu(nodes, publisher):
         node.settle(quiet=0.2)
     assert fast.observed() == classic.observed()
     table = fast.table()
-    assert {"zipped@x", "gz@x", "nohdr@x", "latin@x"} <= set(table)
+    assert {"zipped@x", "gz@x", "nohdr@x", "latin@x", "utf16@x", "badcodec@x"} <= set(table)
     for dropped in ("pickled@x", "plain@x", "bare@x", "empty@x", "list@x", "other@x"):
         assert dropped not in table
     assert UNPICKLED == []
@@ -361,12 +358,11 @@ class Recorder:
 
 
 @pytest.mark.broker
-def test_flood_over_budget_sheds_only_the_oldest_heartbeats(nodes, publisher):
+def test_flood_over_budget_sheds_only_superseded_heartbeats(nodes, publisher):
     # a long TTL, so that nothing expires in the broker on a slow machine
     node = nodes(heartbeat_interval=60.0)
     reader = node.reader
     reader.budget = 0.002
-    reader.min_keep = 20
     recorder = reader.receiver = Recorder(reader.receiver)
     hosts = [f"w{i}@flood" for i in range(50)]
     seq = 0
@@ -432,9 +428,11 @@ def test_broker_restart_reconnects_with_backoff(core, rabbitmq_server, nodes, ur
                    timeout=90)
     finally:
         restart.join()
-    # lost, then refused while down, with a growing (capped) backoff
-    assert reader.errors >= 3 and len(delays) == reader.errors
-    assert delays[:3] == [0.1, 0.2, 0.4] and max(delays) == 0.5
+    # lost, then refused while down, with a growing backoff: how many
+    # refusals fit in the broker's downtime varies, so the cap itself is
+    # checked without a broker (tests/test_fastpath_base.py)
+    assert reader.errors >= 2 and len(delays) == reader.errors
+    assert delays == [min(0.1 * 2 ** i, 0.5) for i in range(len(delays))]
     assert reader._backoff is None      # reset once connected
     pub = Publisher(url)       # the queue was declared again: events arrive
     try:
@@ -672,16 +670,28 @@ def test_broker_closing_the_socket_is_an_error(wired):
         reader.read(time.monotonic() + 1)
 
 
-def test_shed_keeps_the_newest_heartbeats_and_all_other_events(wired):
+def test_shed_keeps_the_newest_heartbeat_of_each_sender_and_all_other_events(wired):
     reader, broker, gossip = wired
-    reader.min_keep = 3
-    reader._cost = 1.0            # capacity: min_keep
-    pending = [("worker.heartbeat", {}, b"%d" % i, None, None, "celeryev") for i in range(10)]
-    pending.insert(2, ("worker.online", {}, b"on", None, None, "celeryev"))
-    pending.insert(5, ("worker.elect", {}, b"el", None, None, "celeryev"))
+    senders = ["a@x", "b@x", "c@x"]
+    pending = [("worker.heartbeat", {"hostname": senders[i % 3]}, b"%d" % i, None, None,
+                "celeryev") for i in range(10)]
+    pending.insert(2, ("worker.online", {"hostname": "d@x"}, b"on", None, None, "celeryev"))
+    pending.insert(5, ("worker.elect", {"hostname": "a@x"}, b"el", None, None, "celeryev"))
     reader._shed(pending)
+    # a@x beat last with 9, b@x with 7, c@x with 8: each one's newest stays
     assert [p[2] for p in pending] == [b"on", b"el", b"7", b"8", b"9"]
     assert reader.shed == 7
+
+
+def test_shed_beyond_max_pending_drops_the_oldest_heartbeats(wired):
+    reader, broker, gossip = wired
+    reader.max_pending = 4
+    pending = [("worker.heartbeat", {"hostname": f"w{i}@x"}, b"%d" % i, None, None,
+                "celeryev") for i in range(6)]
+    pending.insert(1, ("worker.online", {"hostname": "d@x"}, b"on", None, None, "celeryev"))
+    reader._shed(pending)
+    assert [p[2] for p in pending] == [b"on", b"3", b"4", b"5"]
+    assert reader.shed == 3
 
 
 # -- CPU per heartbeat -----------------------------------------------------------------

@@ -19,13 +19,14 @@ import uuid
 import pytest
 import redis
 from celery import Celery
+from kombu.asynchronous.timer import Timer
 from kombu.compression import compress
 
 from gossip_fast import fastpath
 from gossip_fast.simulate import event_body, heartbeat_body
 
 from .brokers import free_port
-from .conftest import gossip_class, make_gossip
+from .conftest import assert_drain_scheduled, gossip_class, make_gossip
 
 pytest.importorskip("hiredis")
 pytest.importorskip("msgspec")
@@ -39,17 +40,6 @@ ATTRS = ("hostname", "pid", "freq", "clock", "active", "processed", "loadavg",
 TOPIC = "/0.celeryev/"
 
 
-class Timer:
-    """The worker's timer, as far as Gossip uses it: records registrations."""
-
-    def __init__(self):
-        self.calls = []
-
-    def call_repeatedly(self, interval, fun, *args, **kwargs):
-        self.calls.append((interval, fun))
-        return type("Tref", (), {"cancel": lambda self: None})()
-
-
 class Node:
     """One Gossip bootstep (fast or classic) on its own kombu connection."""
 
@@ -59,7 +49,7 @@ class Node:
         if transport_options:
             self.app.conf.broker_transport_options = transport_options
         self.gossip = make_gossip(gossip_class(core), self.app, hostname=hostname)
-        self.timer = self.gossip.timer = Timer()
+        self.timer = self.gossip.timer = Timer()  # kombu's, as the worker's hub uses
         self.log = []
         for kind in ("node_join", "node_leave"):
             getattr(self.gossip.on, kind).add(
@@ -193,8 +183,9 @@ def envelope(routing_key, body, hostname=None, headers=None, **changes):
     return result
 
 
-def beat(hostname, clock, processed=0, type_="worker-heartbeat"):
-    body = heartbeat_body(hostname, clock, time.time(), processed=processed, type_=type_)
+def beat(hostname, clock, processed=0, type_="worker-heartbeat", freq=2.0):
+    body = heartbeat_body(hostname, clock, time.time(), processed=processed, type_=type_,
+                          freq=freq)
     return type_.replace("-", "."), envelope(type_.replace("-", "."), body, hostname)
 
 
@@ -205,7 +196,7 @@ def test_get_consumers_uses_the_reader(nodes):
     node = nodes()
     assert node.consumers == []
     assert isinstance(node.reader, RedisReader)
-    assert (node.reader.max_delay, node.reader.drain) in node.timer.calls
+    assert_drain_scheduled(node.gossip, node.timer)
     assert node.reader._topics == ("/0.celeryev/worker.*",)
     # declared and bound on the consumer's channel as kombu's Consumer does
     queue = node.reader.queue.name
@@ -524,6 +515,26 @@ def test_shedding_keeps_order_and_never_drops_other_events(nodes):
     kept = reader._shed([online, b1, a3, *anon, b"raw"])
     assert kept == [online, anon[1], anon[2], b"raw"]
     assert reader.shed == 5
+
+
+def test_sweep_applies_what_the_reader_holds_first(nodes, raw_publish):
+    """Over budget, a heartbeat read but not applied yet keeps its sender
+    from being swept as lost (Gossip.periodic asks the reader first)."""
+    node = nodes()
+    reader = node.reader
+    lost = []
+    node.gossip.on.node_lost.add(lambda worker: lost.append(worker.hostname))
+    raw_publish([beat("held@h", 1, freq=0.1), beat("gone@h", 2, freq=0.1)])
+    node.wait_received(2)
+    reader._apply = lambda deadline: 0          # too busy: drains only read and hold
+    raw_publish([beat("held@h", 3, freq=0.1)] + [beat(f"o{i}@h", 4) for i in range(20)])
+    node.drain_until(lambda: len(reader._pending) == 21)
+    del reader._apply
+    time.sleep(0.25)                             # both entries expired
+    node.gossip.periodic()
+    assert lost == ["gone@h"]
+    assert node.gossip.state.workers["held@h"].clock == 3
+    assert len(reader._pending) == 20 and reader.backlog()
 
 
 def test_a_drain_stays_near_its_budget(request, nodes, raw_publish):

@@ -36,7 +36,10 @@ def test_sweep_matches_brute_force(core):
     for step in range(3000):
         now += rng.uniform(0, 0.05)
         if rng.random() < 0.05:
+            due = state.expired(now)
+            assert len(due) == len(set(due))
             lost = {w.hostname for w in state.sweep(now)}
+            assert set(due) == lost, step  # what the sweep then removed
             dead = {h for h, expires in expected_alive.items() if not now < expires}
             assert lost == dead, step
             for hostname in dead:

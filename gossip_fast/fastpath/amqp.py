@@ -17,7 +17,9 @@ for every heartbeat of one sender, so they are decoded once (py-amqp's own
 ``decode_properties_basic``) and looked up by their raw bytes after that;
 the headers dict is therefore shared by the deliveries of one sender
 (``on_raw`` only reads it).  Each event goes to ``Receiver.on_raw``, in
-arrival order.
+arrival order.  A body with a content encoding other than UTF-8 is first
+decoded with it, as py-amqp's channel does before kombu sees the message
+(``auto_decode``), so that both receive paths apply the same events.
 
 Anything but deliveries on our channel and ``connection.blocked`` /
 ``unblocked`` (``channel.close``, ``connection.close``, ``basic.cancel``,
@@ -31,16 +33,17 @@ connection asks for them (a worker's does: ``broker_heartbeat``): sent from
 
 Overload: each ``drain()`` reads at most :attr:`AMQPReader.max_read` bytes
 (all there is, normally) and applies events until its deadline (``budget``).
-What it read but could not apply is kept for the next call, but of the
-heartbeats only about as many as one ``drain()`` applies (its smoothed
-throughput, at least ``min_keep``): the oldest ``worker.heartbeat``
-deliveries are shed and counted in ``shed``; other events are always kept.
-A drain over budget may overrun it by the time to split ``max_read`` bytes
-into deliveries (about 1-2 us each).  What it did not read waits in the
-kernel, then in RabbitMQ: TCP backpressure stops the deliveries and the
-queue's message TTL (the heartbeat interval, as stock) expires them there,
-so the broker's memory stays bounded too; a socket that stays full for
-RabbitMQ's send timeout makes it close the connection, and we reconnect.
+What it read but could not apply is kept for the next call, which then
+comes after ``catchup_delay`` instead of ``max_delay``; of the heartbeats
+kept, those that a newer heartbeat of the same sender supersedes are shed
+(then, above ``max_pending``, the oldest) and counted in ``shed``; other
+events are always kept, in order.  A drain over budget may overrun it by
+the time to split ``max_read`` bytes into deliveries (about 1-2 us each).
+What it did not read waits in the kernel, then in RabbitMQ: TCP
+backpressure stops the deliveries and the queue's message TTL (the
+heartbeat interval, as stock) expires them there, so the broker's memory
+stays bounded too; a socket that stays full for RabbitMQ's send timeout
+makes it close the connection, and we reconnect.
 """
 import errno
 import ssl
@@ -50,7 +53,7 @@ from struct import Struct, pack, unpack_from
 from amqp.serialization import decode_properties_basic
 from celery.utils.log import get_logger
 
-from .base import Reader
+from .base import Reader, coalesce
 
 __all__ = ('AMQPReader', 'AMQPFrameError', 'AMQPClosed')
 
@@ -120,6 +123,33 @@ def _describe_method(method, payload):
     return name
 
 
+#: Content encodings whose bodies reach on_raw as bytes: the receiver
+#: decodes them itself, exactly as kombu decodes the str py-amqp makes.
+_UTF8 = frozenset(('utf-8', 'utf8'))
+
+
+def _auto_decode(body, encoding):
+    """The body as py-amqp's channel hands it to kombu (``auto_decode``):
+    decoded with its content encoding if that works, else the bytes."""
+    try:
+        return body.decode(encoding)
+    except Exception:  # pylint: disable=broad-except
+        return body
+
+
+def _sender(parts):
+    """The hostname header of a pending event (on_raw's arguments), or None."""
+    sender = parts[1].get('hostname')
+    return sender if type(sender) is str else None
+
+
+def _heartbeat_sender(parts):
+    """The sender of a pending heartbeat (on_raw's arguments), else None."""
+    if parts[0] == HEARTBEAT_ROUTING_KEY:
+        return _sender(parts) or ''
+    return None
+
+
 def _close_frame(text=b'gossip_fast reader closing'):
     payload = pack('>HHHB', 10, 50, 200, len(text)) + text + pack('>HH', 0, 0)
     return _frame_head.pack(FRAME_METHOD, 0, len(payload)) + payload + bytes((FRAME_END,))
@@ -142,9 +172,6 @@ class AMQPReader(Reader):
     recv_size = 1 << 18
     #: Decoded properties / routing keys remembered (by their raw bytes).
     cache_size = 16384
-    #: At least this many heartbeats may be kept for the next drain() when
-    #: one is over budget (otherwise: about as many as one drain applies).
-    min_keep = 256
 
     def __init__(self, gossip, channel, queue, max_delay=0.1):
         super().__init__(gossip, channel, queue, max_delay=max_delay)
@@ -164,8 +191,7 @@ class AMQPReader(Reader):
         self._props = {}            # raw properties -> (headers, type, encoding)
         self._last_recv = 0.0
         self._last_sent = 0.0
-        self._cost = None           # seconds per applied event (smoothed)
-        self._over_at = None        # when this drain ran out of budget
+        self._unread = False        # the last read stopped at max_read
         self._broken = False        # read() failed: no close handshake
         self.bytes_read = 0
         self.handler_errors = 0
@@ -295,13 +321,16 @@ class AMQPReader(Reader):
         total = 0
         size = self.recv_size
         limit = self.max_read
+        self._unread = True   # until the socket says it has nothing more
         while total < limit:
             try:
                 data = recv(size)
             except _WOULD_BLOCK:
+                self._unread = False
                 break
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    self._unread = False
                     break
                 raise
             if not data:
@@ -404,6 +433,8 @@ class AMQPReader(Reader):
                     if body is None:
                         break
             pos = b
+            if props[3] and body:
+                body = _auto_decode(body, props[2])
             if on_raw is None:
                 append((key[0], props[0], body, props[1], props[2], key[1]))
                 continue
@@ -412,10 +443,8 @@ class AMQPReader(Reader):
             except Exception as exc:  # pylint: disable=broad-except
                 self._handler_error(exc)
             applied += 1
-            now = clock()
-            if now >= deadline:
+            if clock() >= deadline:
                 on_raw = None   # over budget: only collect the rest
-                self._over_at = now
         if end - pos == 8 and buf[pos:] == HEARTBEAT:
             pos = end   # too short for the loop: a lone heartbeat frame
         self._buf = buf[pos:] if pos else buf
@@ -487,8 +516,10 @@ class AMQPReader(Reader):
         if offset != len(raw_props):
             raise AMQPFrameError('content properties of the wrong size')
         headers = properties.get('application_headers') or {}
-        props = (headers, properties.get('content_type'),
-                 properties.get('content_encoding'))
+        encoding = properties.get('content_encoding')
+        props = (headers, properties.get('content_type'), encoding,
+                 # py-amqp would decode the body (UTF-8 we decode ourselves)
+                 encoding is not None and encoding not in _UTF8)
         cache = self._props
         if len(cache) >= self.cache_size:
             cache.clear()
@@ -503,11 +534,9 @@ class AMQPReader(Reader):
             raise
 
     def _read(self, deadline):
-        started = time.monotonic()
-        self._fill(started)
+        self._fill(time.monotonic())
         on_raw = self.receiver.on_raw
         applied = 0
-        self._over_at = None
         pending = self._pending
         if pending:   # left by an earlier drain over budget: older, first
             clock = time.monotonic
@@ -517,47 +546,42 @@ class AMQPReader(Reader):
                 except Exception as exc:  # pylint: disable=broad-except
                     self._handler_error(exc)
                 applied += 1
-                now = clock()
-                if now >= deadline:
+                if clock() >= deadline:
                     break
             del pending[:applied]
             if pending:
                 on_raw = None
-                self._over_at = now
         if self._buf:
             applied += self._parse(on_raw, deadline)
-        if applied >= 32:   # the cost of applying one event, smoothed
-            cost = ((self._over_at or time.monotonic()) - started) / applied
-            self._cost = cost if self._cost is None else 0.75 * self._cost + 0.25 * cost
         if pending:
             self._shed(pending)
         return applied
 
-    def capacity(self):
-        """About how many events one drain() applies within its budget."""
-        cost = self._cost
-        if not cost:
-            return self.min_keep
-        return max(self.min_keep, int(self.budget / cost))
+    def backlog(self):
+        return bool(self._pending) or self._unread
+
+    def apply_from(self, hostnames):
+        pending = self._pending
+        theirs = [parts for parts in pending if _sender(parts) in hostnames]
+        if not theirs:
+            return 0
+        pending[:] = [parts for parts in pending if _sender(parts) not in hostnames]
+        on_raw = self.receiver.on_raw
+        for parts in theirs:
+            try:
+                on_raw(*parts)
+            except Exception as exc:  # pylint: disable=broad-except
+                self._handler_error(exc)
+        self.received += len(theirs)
+        return len(theirs)
 
     def _shed(self, pending):
-        """Over budget: keep what is left for the next drain(), except the
-        oldest heartbeats beyond what one drain() can apply."""
-        beats = 0
-        for parts in pending:
-            if parts[0] == HEARTBEAT_ROUTING_KEY:
-                beats += 1
-        shed = beats - self.capacity()
-        if shed <= 0:
-            return
-        self.shed += shed
-        kept = []
-        for parts in pending:
-            if shed and parts[0] == HEARTBEAT_ROUTING_KEY:
-                shed -= 1
-            else:
-                kept.append(parts)
-        pending[:] = kept
+        """Over budget: keep what is left for the next drain(), but for the
+        heartbeats that a newer one of the same sender supersedes."""
+        kept, shed = coalesce(pending, _heartbeat_sender, self.max_pending)
+        if shed:
+            self.shed += shed
+            pending[:] = kept
 
     def stats(self):
         stats = super().stats()

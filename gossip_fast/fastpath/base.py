@@ -2,27 +2,77 @@
 
 A reader owns one broker connection of its own.  ``start()`` opens it and
 subscribes (called from ``Gossip.get_consumers``, so on every consumer
-(re)start, never at construction); ``drain()`` is called by the worker's
-timer every ``max_delay`` seconds and must return quickly: it reads what the
-socket has without blocking, hands each event to ``receiver.on_raw`` and
-stops after ``budget`` seconds, leaving the rest for the next call.  When
-more arrives than it can apply, it sheds the oldest heartbeats (each one
-only repeats the sender's liveness) and counts them.  On a broker error it
-closes the connection and reconnects with exponential backoff from later
-``drain()`` calls, never by sleeping.  ``stop()`` closes everything.
+(re)start, never at construction); ``drain()`` is called from the worker's
+timer and must return quickly: it reads what the socket has without
+blocking, hands each event to ``receiver.on_raw`` and stops after
+``budget`` seconds (wall clock: the longest it holds the worker's event
+loop), leaving the rest for the next call.  The next call comes
+``max_delay`` seconds later when the reader has caught up, and
+``catchup_delay`` seconds later while it has a backlog (:meth:`next_delay`),
+so a reader that falls behind uses up to ``budget / (budget +
+catchup_delay)`` of the loop (two thirds by default) until it catches up,
+instead of a fixed fifth.  When more arrives than it can apply, it sheds
+heartbeats that a newer heartbeat of the same sender supersedes (each one
+only repeats the sender's liveness) and counts them.  Before the sweep
+declares peers lost, ``Gossip.periodic`` has the reader apply what it
+already holds from them (:meth:`apply_from`): a peer is never lost while
+its newer heartbeat waits in our backlog.  On a broker error it closes the
+connection and reconnects with exponential backoff from later ``drain()``
+calls, never by sleeping.  ``stop()`` closes everything.
 """
 import time
 
 from celery.utils.log import get_logger
 
-__all__ = ('Reader',)
+__all__ = ('Reader', 'coalesce')
 
 logger = get_logger(__name__)
+
+
+def coalesce(items, heartbeat_sender, max_pending):
+    """Shed heartbeats from the backlog *items* (oldest first, in order).
+
+    Returns ``(kept, shed)``: *items* without each heartbeat that a later
+    heartbeat of the same sender supersedes, then, if more than
+    *max_pending* remain, without the oldest heartbeats beyond that (a
+    memory bound for a backlog of more distinct senders than that).
+    ``heartbeat_sender(item)`` is the sender of a heartbeat (``''`` if
+    unknown: never superseded, but trimmed), None for any other item: those
+    are always kept, in their order.
+    """
+    kept = []
+    seen = set()
+    shed = 0
+    for item in reversed(items):
+        sender = heartbeat_sender(item)
+        if sender:
+            if sender in seen:
+                shed += 1
+                continue
+            seen.add(sender)
+        kept.append(item)
+    kept.reverse()
+    excess = len(kept) - max_pending
+    if excess > 0:
+        trimmed = []
+        for item in kept:
+            if excess > 0 and heartbeat_sender(item) is not None:
+                excess -= 1
+                shed += 1
+                continue
+            trimmed.append(item)
+        kept = trimmed
+    return kept, shed
 
 
 class Reader:
     #: Longest time one drain() may spend applying events (seconds).
     budget = 0.02
+    #: Wait before the next drain() while a backlog is left (seconds).
+    catchup_delay = 0.01
+    #: Most heartbeats kept in the backlog, after superseded ones are shed
+    #: (a memory bound: about 0.5 KB each).
+    max_pending = 50000
     #: Reconnect backoff: first wait, cap (seconds).
     backoff_start = 0.5
     backoff_max = 30.0
@@ -58,6 +108,15 @@ class Reader:
 
     def close(self):
         """Close the connection (must not raise)."""
+        raise NotImplementedError
+
+    def backlog(self):
+        """True if the last read() left events to apply or bytes unread."""
+        raise NotImplementedError
+
+    def apply_from(self, hostnames):
+        """Apply now, in order, the events held for later whose sender is in
+        *hostnames*; return how many."""
         raise NotImplementedError
 
     # -- shared ---------------------------------------------------------------
@@ -99,6 +158,12 @@ class Reader:
         if elapsed > self.longest_drain:
             self.longest_drain = elapsed
         return count
+
+    def next_delay(self):
+        """Seconds until the next drain(): sooner while behind."""
+        if self._retry_at is None and not self._stopped and self.backlog():
+            return self.catchup_delay
+        return self.max_delay
 
     def _failed(self, exc, now):
         self.errors += 1

@@ -54,6 +54,8 @@ drains it in batches (every ``max_delay`` seconds, from the worker's timer):
   ``worker.heartbeat`` events of a sender that has a newer one pending are
   shed (then, above :attr:`max_pending`, the oldest heartbeats), counted in
   ``shed``; other events are never shed and the order per sender is kept.
+  The next drain then comes after ``catchup_delay`` instead of
+  ``max_delay`` (see ``base``).
 * **Liveness**: with no byte from Redis for the channel's
   ``health_check_interval`` the reader sends a PING (pub/sub mode); with
   none for twice that, ``read`` raises and the base class reconnects.
@@ -74,7 +76,7 @@ from kombu.utils.json import loads as kombu_loads
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .base import Reader
+from .base import Reader, coalesce
 
 __all__ = ('RedisReader',)
 
@@ -117,6 +119,14 @@ _decode_envelope = msgspec.json.Decoder(_Envelope).decode
 _MsgspecError = msgspec.MsgspecError
 
 
+def _heartbeat_sender(item):
+    """The sender of a pending heartbeat (None for anything else)."""
+    if (type(item) is _Envelope
+            and item.properties.delivery_info.routing_key == HEARTBEAT):
+        return (item.headers or {}).get('hostname') or ''
+    return None
+
+
 def _command(*args):
     """A Redis command in RESP (arguments are str)."""
     out = [b'*%d\r\n' % len(args)]
@@ -140,8 +150,6 @@ class RedisReader(Reader):
     min_read_bytes = 256 * 1024
     #: Apply at least this many pending events per drain.
     min_apply = 32
-    #: Pending heartbeats above this are shed, oldest first.
-    max_pending = 20000
     #: Connect/handshake timeout when the channel sets none (seconds).
     connect_timeout = 2.0
     #: At most one log line per reason of bad input in this many seconds.
@@ -160,6 +168,7 @@ class RedisReader(Reader):
         self._buf = bytearray(self.chunk)
         self._view = memoryview(self._buf)
         self._pending = []
+        self._unread = False
         self._declared = False
         self._topics = ()
         self._subscribed = 0
@@ -294,10 +303,12 @@ class RedisReader(Reader):
         read_deadline = deadline - self.budget / 2
         minimum, maximum = self.min_read_bytes, self.max_read_bytes
         total = 0
+        self._unread = True   # until the socket says it has nothing more
         while total < maximum:
             try:
                 count = recv_into(buf)
             except _WOULD_BLOCK:
+                self._unread = False
                 break
             if not count:
                 raise ConnectionError('Redis closed the connection')
@@ -396,6 +407,27 @@ class RedisReader(Reader):
         self._pending = rest
         return done
 
+    def backlog(self):
+        return bool(self._pending) or self._unread
+
+    def apply_from(self, hostnames):
+        items = self._pending
+        if not items:
+            return 0
+        theirs, rest = [], []
+        for item in items:
+            if (type(item) is _Envelope and item.headers
+                    and item.headers.get('hostname') in hostnames):
+                theirs.append(item)
+            else:
+                rest.append(item)
+        if theirs:
+            self._pending = theirs
+            self._apply(float('inf'))   # all of them, in order
+            self._pending = rest
+            self.received += len(theirs)
+        return len(theirs)
+
     def _apply_kombu(self, data):
         """What kombu's Redis channel and Consumer do with *data*."""
         try:
@@ -425,31 +457,7 @@ class RedisReader(Reader):
 
     def _shed(self, rest):
         """Drop superseded heartbeats from the backlog *rest* (in order)."""
-        kept = []
-        seen = set()
-        shed = 0
-        for item in reversed(rest):
-            if (type(item) is _Envelope
-                    and item.properties.delivery_info.routing_key == HEARTBEAT):
-                sender = item.headers.get('hostname') if item.headers else None
-                if sender is not None:
-                    if sender in seen:
-                        shed += 1
-                        continue
-                    seen.add(sender)
-            kept.append(item)
-        kept.reverse()
-        excess = len(kept) - self.max_pending
-        if excess > 0:
-            trimmed = []
-            for item in kept:
-                if (excess > 0 and type(item) is _Envelope
-                        and item.properties.delivery_info.routing_key == HEARTBEAT):
-                    excess -= 1
-                    shed += 1
-                    continue
-                trimmed.append(item)
-            kept = trimmed
+        kept, shed = coalesce(rest, _heartbeat_sender, self.max_pending)
         self.shed += shed
         return kept
 
