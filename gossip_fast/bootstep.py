@@ -369,6 +369,8 @@ class Gossip(bootsteps.ConsumerStep):
         )]
 
     def _on_decode_error(self, message, exc):
+        # kombu calls this instead of on_message: count it as received too
+        self._receiver.received += 1
         self._reject('decode_error', (message.headers or {}).get('hostname'), exc)
 
     def _start_reader(self, channel, queue):

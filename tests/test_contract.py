@@ -555,6 +555,7 @@ def test_undecompressable_message_on_the_classic_consumer(gossip):
                          headers={"compression": "application/x-gzip", "hostname": "a@x"})
         conn.drain_events(timeout=1)
     assert gossip.dropped["decode_error"] == 1
+    assert gossip.stats()["events"]["received"] == 1  # and counted as received
 
 
 @pytest.mark.parametrize("routing_key", ["worker.heartbeat", "worker.elect"])

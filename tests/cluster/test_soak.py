@@ -77,7 +77,7 @@ SAMPLE_EVERY = 3.0
 #: Longest warm-up (publishing -> every simulated worker tracked and alive on
 #: both workers); the window starts then even if it is not reached, and
 #: the end-of-window assertions tell whether the workers recovered.
-WARMUP_TIMEOUT = float(os.environ.get("GOSSIP_FAST_SOAK_WARMUP", 15))
+WARMUP_TIMEOUT = float(os.environ.get("GOSSIP_FAST_SOAK_WARMUP", 30))
 RSS_WINDOW = 40.0
 RSS_GROWTH = 0.05
 PUBLISH_RATIO = 0.95
