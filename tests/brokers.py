@@ -65,13 +65,16 @@ def _tail(path: str, lines: int = 40) -> str:
         return ""
 
 
-def _stop_group(proc: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM the process group led by ``proc``; SIGKILL it after ``timeout``."""
+def stop_process_group(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM the process group led by ``proc``; SIGKILL it after ``timeout``
+    (the broker servers here, the cluster tests' and benchmark's workers)."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        if proc.poll() is not None:
+            break
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            pass
+            break
         try:
             proc.wait(wait)
             break
@@ -79,7 +82,7 @@ def _stop_group(proc: subprocess.Popen, timeout: float) -> None:
             continue
     try:  # the leader is gone; take any member still left with it
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 
@@ -226,7 +229,7 @@ class _Server:
     def _stop_processes(self) -> None:
         # Stop in reverse order (rabbitmq before its epmd).
         for proc in reversed(self._procs):
-            _stop_group(proc, STOP_TIMEOUT)
+            stop_process_group(proc, STOP_TIMEOUT)
         self._procs = []
         if self.folder is not None:
             _kill_marked(self.folder)

@@ -53,7 +53,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tests.brokers import RabbitMQServer, RedisServer  # noqa: E402
+from tests.brokers import RabbitMQServer, RedisServer, stop_process_group  # noqa: E402
 
 from benchmarks.cluster import report  # noqa: E402
 
@@ -232,21 +232,7 @@ class Worker:
     def stop(self):
         if self.proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            if self.proc.poll() is not None:
-                break
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        stop_process_group(self.proc, 15)
 
 
 def tail(path, lines=40):

@@ -70,9 +70,10 @@ class Reader:
     budget = 0.02
     #: Wait before the next drain() while a backlog is left (seconds).
     catchup_delay = 0.01
-    #: Most heartbeats kept in the backlog, after superseded ones are shed
-    #: (a memory bound: about 0.5 KB each).
-    max_pending = 50000
+    #: Most heartbeats kept in the backlog, after superseded ones are shed:
+    #: one per sender of a 100,000-worker cluster (a memory bound, reached
+    #: only when that many distinct senders wait: about 0.7 KB each).
+    max_pending = 100000
     #: Reconnect backoff: first wait, cap (seconds).
     backoff_start = 0.5
     backoff_max = 30.0

@@ -35,6 +35,8 @@ import time
 import uuid
 from typing import Callable, Iterable
 
+from ..brokers import stop_process_group
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: Celery's defaults, which the workers keep: heartbeat every 2 s
@@ -267,21 +269,7 @@ class Worker:
         self.expect_running = False
         if self.proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 5.0)):
-            if self.proc.poll() is not None:
-                break
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # anything left in the group
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        stop_process_group(self.proc, STOP_TIMEOUT)
 
     # -- what it wrote ------------------------------------------------------------
 
