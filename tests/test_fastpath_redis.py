@@ -559,7 +559,7 @@ def test_a_drain_stays_near_its_budget(request, nodes, raw_publish):
     assert len(cpu) > 2  # it took several drains
     # CPU is what a drain takes from the worker; its wall time also counts
     # being preempted on this shared machine, hence the looser bound.
-    assert max(cpu) < reader.budget + 0.015, (cpu, reader.stats())
+    print(sorted(cpu)[-5:]); assert max(cpu) < reader.budget + 0.015, (cpu, reader.stats())
     assert reader.longest_drain < reader.budget + 0.1, reader.stats()
     assert reader.errors == 0
 
