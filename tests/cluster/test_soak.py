@@ -43,7 +43,7 @@ Figures (RSS series, shed counts, rates, time per step) are printed and
 written to ``soak-results.json`` in pytest's base temporary folder.
 Knobs: ``GOSSIP_FAST_SOAK_SIZE`` (default 10000), ``GOSSIP_FAST_SOAK_SECONDS``
 (default 60), ``GOSSIP_FAST_SOAK_PUBLISHERS`` (default 2),
-``GOSSIP_FAST_SOAK_WARMUP`` (default 15 s).  Skipped when
+``GOSSIP_FAST_SOAK_WARMUP`` (default 30 s).  Skipped when
 ``benchmarks/cluster/publisher.py`` is not in the tree.
 """
 
