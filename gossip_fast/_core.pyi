@@ -182,3 +182,20 @@ class Receiver:
 def scan_body(body: bytes) -> tuple[str, str, int, float, float] | None:
     """(hostname, type, clock, timestamp, freq) of a standard event body, or
     None (for tests)."""
+
+
+@final
+class PubSubScanner:
+    """Splits a Redis pub/sub connection's RESP2 stream: standard kombu
+    envelopes into ``Receiver.on_raw``'s arguments, every other pmessage's
+    data through ``fallback``; other replies returned as hiredis does."""
+    fallback: Callable[[Any], Any]
+    dedup: bool
+    cache_size: int
+
+    def __init__(self, fallback: Callable[[Any], Any]) -> None: ...
+    def feed(self, data: bytes | bytearray | memoryview, offset: int = 0,
+             length: int = -1) -> None: ...
+    @property
+    def buffered(self) -> int: ...
+    def scan(self, out: list[Any]) -> list[Any]: ...

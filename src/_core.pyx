@@ -1327,3 +1327,6 @@ def scan_body(bytes body):
     return (body[scan.host_start:scan.host_end].decode('ascii'),
             body[scan.type_start:scan.type_end].decode('ascii'),
             scan.clock, scan.timestamp, scan.freq)
+
+
+include "_pubsub.pxi"

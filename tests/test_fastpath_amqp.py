@@ -677,7 +677,7 @@ def test_shed_keeps_the_newest_heartbeat_of_each_sender_and_all_other_events(wir
                 "celeryev") for i in range(10)]
     pending.insert(2, ("worker.online", {"hostname": "d@x"}, b"on", None, None, "celeryev"))
     pending.insert(5, ("worker.elect", {"hostname": "a@x"}, b"el", None, None, "celeryev"))
-    reader._shed(pending)
+    reader.shed_superseded(pending)
     # a@x beat last with 9, b@x with 7, c@x with 8: each one's newest stays
     assert [p[2] for p in pending] == [b"on", b"el", b"7", b"8", b"9"]
     assert reader.shed == 7
@@ -689,7 +689,7 @@ def test_shed_beyond_max_pending_drops_the_oldest_heartbeats(wired):
     pending = [("worker.heartbeat", {"hostname": f"w{i}@x"}, b"%d" % i, None, None,
                 "celeryev") for i in range(6)]
     pending.insert(1, ("worker.online", {"hostname": "d@x"}, b"on", None, None, "celeryev"))
-    reader._shed(pending)
+    reader.shed_superseded(pending)
     assert [p[2] for p in pending] == [b"on", b"3", b"4", b"5"]
     assert reader.shed == 3
 

@@ -498,10 +498,9 @@ def test_resp3_pushes_and_resp2_arrays_are_both_understood(nodes):
 
 def test_shedding_keeps_order_and_never_drops_other_events(nodes):
     reader = nodes().reader
-    from gossip_fast.fastpath.redis import _decode_envelope
 
     def parsed(routing_key, data):
-        return _decode_envelope(json.dumps(data).encode())
+        return reader._envelope(json.dumps(data).encode())
 
     a1, b1, a2 = (parsed(*beat("a@h", 1)), parsed(*beat("b@h", 2)),
                   parsed(*beat("a@h", 3)))
@@ -509,12 +508,14 @@ def test_shedding_keeps_order_and_never_drops_other_events(nodes):
     a3 = parsed(*beat("a@h", 5))
     anon = [parsed("worker.heartbeat", envelope("worker.heartbeat", b"{}", headers={}))
             for _ in range(3)]
-    kept = reader._shed([a1, b1, a2, online, a3, *anon, b"raw"])
-    assert kept == [b1, online, a3, *anon, b"raw"]
+    pending = [a1, b1, a2, online, a3, *anon, b"raw"]
+    reader.shed_superseded(pending)
+    assert pending == [b1, online, a3, *anon, b"raw"]
     assert reader.shed == 2
     reader.max_pending = 4  # the cap: oldest heartbeats go first, others stay
-    kept = reader._shed([online, b1, a3, *anon, b"raw"])
-    assert kept == [online, anon[1], anon[2], b"raw"]
+    pending = [online, b1, a3, *anon, b"raw"]
+    reader.shed_superseded(pending)
+    assert pending == [online, anon[1], anon[2], b"raw"]
     assert reader.shed == 5
 
 

@@ -53,7 +53,7 @@ from struct import Struct, pack, unpack_from
 from amqp.serialization import decode_properties_basic
 from celery.utils.log import get_logger
 
-from .base import Reader, coalesce
+from .base import Reader
 
 __all__ = ('AMQPReader', 'AMQPFrameError', 'AMQPClosed')
 
@@ -83,7 +83,6 @@ METHOD_NAMES = {
 }
 CONNECTION_CLOSE_OK = (10 << 16) | 51
 HEARTBEAT = bytes((FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END))
-HEARTBEAT_ROUTING_KEY = 'worker.heartbeat'
 
 _frame_head = Struct('>BHI')          # type, channel, payload size
 _method_head = Struct('>BHII')        # + class and method id
@@ -137,19 +136,6 @@ def _auto_decode(body, encoding):
         return body
 
 
-def _sender(parts):
-    """The hostname header of a pending event (on_raw's arguments), or None."""
-    sender = parts[1].get('hostname')
-    return sender if type(sender) is str else None
-
-
-def _heartbeat_sender(parts):
-    """The sender of a pending heartbeat (on_raw's arguments), else None."""
-    if parts[0] == HEARTBEAT_ROUTING_KEY:
-        return _sender(parts) or ''
-    return None
-
-
 def _close_frame(text=b'gossip_fast reader closing'):
     payload = pack('>HHHB', 10, 50, 200, len(text)) + text + pack('>HH', 0, 0)
     return _frame_head.pack(FRAME_METHOD, 0, len(payload)) + payload + bytes((FRAME_END,))
@@ -184,7 +170,6 @@ class AMQPReader(Reader):
         self._recv = None
         self._send = None
         self._buf = b''
-        self._pending = []
         self._channel_id = None
         self._frame_max = 131072
         self._keys = {}             # raw exchange+routing key -> (rk, exchange)
@@ -194,7 +179,6 @@ class AMQPReader(Reader):
         self._unread = False        # the last read stopped at max_read
         self._broken = False        # read() failed: no close handshake
         self.bytes_read = 0
-        self.handler_errors = 0
 
     # -- connection ------------------------------------------------------------
 
@@ -441,7 +425,7 @@ class AMQPReader(Reader):
             try:
                 on_raw(key[0], props[0], body, props[1], props[2], key[1])
             except Exception as exc:  # pylint: disable=broad-except
-                self._handler_error(exc)
+                self.item_error(exc)
             applied += 1
             if clock() >= deadline:
                 on_raw = None   # over budget: only collect the rest
@@ -449,11 +433,6 @@ class AMQPReader(Reader):
             pos = end   # too short for the loop: a lone heartbeat frame
         self._buf = buf[pos:] if pos else buf
         return applied
-
-    def _handler_error(self, exc):
-        # on_raw counts and logs bad input itself: this is a bug
-        self.handler_errors += 1
-        logger.exception('gossip_fast: error handling an event: %r', exc)
 
     def _long_body(self, buf, b, end, body_size):
         """A body of several frames: (body, next position), or (None, b) if
@@ -544,7 +523,7 @@ class AMQPReader(Reader):
                 try:
                     on_raw(*parts)
                 except Exception as exc:  # pylint: disable=broad-except
-                    self._handler_error(exc)
+                    self.item_error(exc)
                 applied += 1
                 if clock() >= deadline:
                     break
@@ -554,34 +533,11 @@ class AMQPReader(Reader):
         if self._buf:
             applied += self._parse(on_raw, deadline)
         if pending:
-            self._shed(pending)
+            self.shed_superseded(pending)
         return applied
 
     def backlog(self):
         return bool(self._pending) or self._unread
-
-    def apply_from(self, hostnames):
-        pending = self._pending
-        theirs = [parts for parts in pending if _sender(parts) in hostnames]
-        if not theirs:
-            return 0
-        pending[:] = [parts for parts in pending if _sender(parts) not in hostnames]
-        on_raw = self.receiver.on_raw
-        for parts in theirs:
-            try:
-                on_raw(*parts)
-            except Exception as exc:  # pylint: disable=broad-except
-                self._handler_error(exc)
-        self.received += len(theirs)
-        return len(theirs)
-
-    def _shed(self, pending):
-        """Over budget: keep what is left for the next drain(), but for the
-        heartbeats that a newer one of the same sender supersedes."""
-        kept, shed = coalesce(pending, _heartbeat_sender, self.max_pending)
-        if shed:
-            self.shed += shed
-            pending[:] = kept
 
     def stats(self):
         stats = super().stats()
@@ -590,6 +546,4 @@ class AMQPReader(Reader):
             bytes_read=self.bytes_read,
             heartbeat=self.heartbeat,
         )
-        if self.handler_errors:
-            stats['handler_errors'] = self.handler_errors
         return stats

@@ -24,9 +24,35 @@ import time
 
 from celery.utils.log import get_logger
 
-__all__ = ('Reader', 'coalesce')
+__all__ = ('Reader', 'coalesce', 'sender', 'heartbeat_sender', 'HEARTBEAT')
 
 logger = get_logger(__name__)
+
+
+#: The routing key of the events a reader may shed.
+HEARTBEAT = 'worker.heartbeat'
+
+
+def sender(item):
+    """The ``hostname`` header of a pending event, or None.  Readers hold
+    events as ``Receiver.on_raw``'s arguments ``(routing_key, headers,
+    body, content_type, content_encoding, exchange)``; anything else they
+    hold (a Redis envelope for kombu to decode) has no known sender."""
+    if type(item) is tuple:
+        headers = item[1]
+        if type(headers) is dict:
+            found = headers.get('hostname')
+            if type(found) is str:
+                return found
+    return None
+
+
+def heartbeat_sender(item):
+    """:func:`sender` of a pending heartbeat (``''`` if unknown), None for
+    any other event."""
+    if type(item) is tuple and item[0] == HEARTBEAT:
+        return sender(item) or ''
+    return None
 
 
 def coalesce(items, heartbeat_sender, max_pending):
@@ -93,6 +119,8 @@ class Reader:
         self.errors = 0
         self.batches = 0
         self.longest_drain = 0.0
+        self.handler_errors = 0
+        self._pending = []    # events read, not applied yet (oldest first)
         self._retry_at = None
         self._backoff = None  # the next wait; backoff_start at first
         self._stopped = False
@@ -115,10 +143,41 @@ class Reader:
         """True if the last read() left events to apply or bytes unread."""
         raise NotImplementedError
 
+    def apply_item(self, item):
+        """Apply one held event (on_raw's arguments by default)."""
+        self.receiver.on_raw(*item)
+
+    # -- the backlog (``_pending``, oldest first) -----------------------------------
+
     def apply_from(self, hostnames):
-        """Apply now, in order, the events held for later whose sender is in
+        """Apply now, in order, the held events whose sender is in
         *hostnames*; return how many."""
-        raise NotImplementedError
+        pending = self._pending
+        theirs = [item for item in pending if sender(item) in hostnames]
+        if not theirs:
+            return 0
+        pending[:] = [item for item in pending if sender(item) not in hostnames]
+        for item in theirs:
+            try:
+                self.apply_item(item)
+            except Exception as exc:  # pylint: disable=broad-except
+                self.item_error(exc)
+        self.received += len(theirs)
+        return len(theirs)
+
+    def shed_superseded(self, pending):
+        """Over budget: keep what is left for the next drain(), but for the
+        heartbeats that a newer one of the same sender supersedes (and,
+        past ``max_pending``, the oldest heartbeats); in place."""
+        kept, shed = coalesce(pending, heartbeat_sender, self.max_pending)
+        if shed:
+            self.shed += shed
+            pending[:] = kept
+
+    def item_error(self, exc):
+        """on_raw counts and logs bad input itself: an exception is a bug."""
+        self.handler_errors += 1
+        logger.exception('gossip_fast: error handling an event: %r', exc)
 
     # -- shared ---------------------------------------------------------------
 
@@ -176,7 +235,7 @@ class Reader:
         self._backoff = min(wait * 2, self.backoff_max)
 
     def stats(self):
-        return {
+        stats = {
             'path': self.name,
             'max_delay': self.max_delay,
             'received': self.received,
@@ -186,3 +245,6 @@ class Reader:
             'batches': self.batches,
             'longest_drain_ms': round(self.longest_drain * 1000, 3),
         }
+        if self.handler_errors:
+            stats['handler_errors'] = self.handler_errors
+        return stats
