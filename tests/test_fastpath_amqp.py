@@ -672,6 +672,7 @@ def test_broker_closing_the_socket_is_an_error(wired):
 
 def test_shed_keeps_the_newest_heartbeat_of_each_sender_and_all_other_events(wired):
     reader, broker, gossip = wired
+    reader.coalesce_min = 0     # a pass however small the backlog
     senders = ["a@x", "b@x", "c@x"]
     pending = [("worker.heartbeat", {"hostname": senders[i % 3]}, b"%d" % i, None, None,
                 "celeryev") for i in range(10)]
@@ -685,7 +686,7 @@ def test_shed_keeps_the_newest_heartbeat_of_each_sender_and_all_other_events(wir
 
 def test_shed_beyond_max_pending_drops_the_oldest_heartbeats(wired):
     reader, broker, gossip = wired
-    reader.max_pending = 4
+    reader.max_pending, reader.coalesce_min = 4, 0
     pending = [("worker.heartbeat", {"hostname": f"w{i}@x"}, b"%d" % i, None, None,
                 "celeryev") for i in range(6)]
     pending.insert(1, ("worker.online", {"hostname": "d@x"}, b"on", None, None, "celeryev"))

@@ -171,3 +171,25 @@ def test_coalesce_keeps_each_senders_newest_heartbeat_and_all_else():
     # above max_pending, the oldest heartbeats go, unknown senders included
     assert coalesce(items, sender, 3) == (["x", "?2", "a3"], 5)
     assert coalesce([], sender, 3) == ([], 0)
+
+
+def test_shedding_passes_are_amortized(gossip):
+    """A pass over the backlog only once it has doubled since the last one:
+    a constant cost per event while behind, not a pass per drain."""
+    reader = Reader.__new__(Reader)
+    Reader.__init__(reader, gossip, type("C", (), {"connection": type(
+        "K", (), {"client": None})()})(), None)
+    reader.coalesce_min = 4
+    beats = [heartbeat("a@x", clock=i) for i in range(3)]
+    pending = list(beats)
+    reader.shed_superseded(pending)
+    assert len(pending) == 3 and reader.shed == 0        # below coalesce_min
+    pending.append(heartbeat("a@x", clock=9))
+    reader.shed_superseded(pending)
+    assert len(pending) == 1 and reader.shed == 3        # a pass: one left
+    pending.append(heartbeat("a@x", clock=10))
+    reader.shed_superseded(pending)
+    assert len(pending) == 2 and reader.shed == 3        # not doubled enough yet
+    pending.extend(heartbeat("a@x", clock=11 + i) for i in range(2))
+    reader.shed_superseded(pending)
+    assert len(pending) == 1 and reader.shed == 6

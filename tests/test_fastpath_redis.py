@@ -431,6 +431,7 @@ def test_flood_sheds_only_old_heartbeats_and_stays_bounded(nodes, raw_publish):
     time.sleep(0.3)
     reader.budget = 0.001  # far less than the flood needs
     reader.min_apply = 8
+    reader.coalesce_min = 0  # shed even from a small backlog (see test_fastpath_base)
     reader.drain()
     assert reader.shed > 0
     # the backlog is compacted: at most one heartbeat per sender, and the rest
@@ -498,6 +499,7 @@ def test_resp3_pushes_and_resp2_arrays_are_both_understood(nodes):
 
 def test_shedding_keeps_order_and_never_drops_other_events(nodes):
     reader = nodes().reader
+    reader.coalesce_min = 0     # a pass however small the backlog
 
     def parsed(routing_key, data):
         return reader._envelope(json.dumps(data).encode())
@@ -512,11 +514,12 @@ def test_shedding_keeps_order_and_never_drops_other_events(nodes):
     reader.shed_superseded(pending)
     assert pending == [b1, online, a3, *anon, b"raw"]
     assert reader.shed == 2
-    reader.max_pending = 4  # the cap: oldest heartbeats go first, others stay
+    reader = nodes().reader  # the cap: oldest heartbeats go first, others stay
+    reader.max_pending, reader.coalesce_min = 4, 0
     pending = [online, b1, a3, *anon, b"raw"]
     reader.shed_superseded(pending)
     assert pending == [online, anon[1], anon[2], b"raw"]
-    assert reader.shed == 5
+    assert reader.shed == 3
 
 
 def test_sweep_applies_what_the_reader_holds_first(nodes, raw_publish):

@@ -96,6 +96,8 @@ class Reader:
     budget = 0.02
     #: Wait before the next drain() while a backlog is left (seconds).
     catchup_delay = 0.01
+    #: Smallest backlog worth a pass of shed_superseded().
+    coalesce_min = 1024
     #: Most heartbeats kept in the backlog, after superseded ones are shed:
     #: one per sender of a 100,000-worker cluster (a memory bound, reached
     #: only when that many distinct senders wait: about 0.7 KB each).
@@ -121,6 +123,7 @@ class Reader:
         self.longest_drain = 0.0
         self.handler_errors = 0
         self._pending = []    # events read, not applied yet (oldest first)
+        self._coalesce_at = 0  # backlog size for the next shedding pass
         self._retry_at = None
         self._backoff = None  # the next wait; backoff_start at first
         self._stopped = False
@@ -168,8 +171,16 @@ class Reader:
     def shed_superseded(self, pending):
         """Over budget: keep what is left for the next drain(), but for the
         heartbeats that a newer one of the same sender supersedes (and,
-        past ``max_pending``, the oldest heartbeats); in place."""
+        past ``max_pending``, the oldest heartbeats); in place.
+
+        A pass costs one step per held event, so it runs only once the
+        backlog has doubled since the last one (and holds at least
+        ``coalesce_min``): amortized, a constant per event, instead of a
+        pass over a big backlog after every drain while behind."""
+        if len(pending) < max(self._coalesce_at, self.coalesce_min):
+            return
         kept, shed = coalesce(pending, heartbeat_sender, self.max_pending)
+        self._coalesce_at = 2 * len(kept)
         if shed:
             self.shed += shed
             pending[:] = kept
