@@ -1329,4 +1329,4 @@ def scan_body(bytes body):
             scan.clock, scan.timestamp, scan.freq)
 
 
-include "_pubsub.pxi"
+include "_fastpath.pxi"

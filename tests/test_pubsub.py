@@ -1,5 +1,5 @@
 """The compiled splitter of Redis pub/sub streams (``PubSubScanner`` of
-``src/_pubsub.pxi``) against the pure-Python way the Redis reader does the
+``src/_fastpath.pxi``) against the pure-Python way the Redis reader does the
 same (hiredis, then ``envelope_parts``: msgspec): the same events and the
 same other replies, from the same bytes however they are split.
 
@@ -262,3 +262,26 @@ def test_dedup_sends_everything_to_the_fallback(Scanner):
     out = []
     scanner.scan(out)
     assert out == [("fb",), ("fb",)] and seen == [data, data]
+
+
+def test_compiled_coalesce_matches_the_python_one():
+    """The shedding pass of the compiled core (src/_fastpath.pxi) and
+    gossip_fast.fastpath.base.coalesce give the same backlog and count."""
+    from gossip_fast.fastpath.base import coalesce, heartbeat_sender
+    compiled = load_core("cython").coalesce
+    rng = random.Random(3)
+    keys = ["worker.heartbeat"] * 6 + ["worker.online", "worker.elect", "worker.custom"]
+    for round_ in range(300):
+        items = []
+        for i in range(rng.randrange(0, 200)):
+            pick = rng.random()
+            if pick < 0.85:
+                headers = rng.choice([{"hostname": f"w{rng.randrange(20)}@x"}, {},
+                                      {"hostname": ""}, {"hostname": 5}, None])
+                items.append((rng.choice(keys), headers, b"%d" % i, "application/json",
+                              "utf-8", "celeryev"))
+            else:
+                items.append(b"raw envelope %d" % i)
+        cap = rng.choice([0, 1, 5, 50, 1000])
+        assert compiled(list(items), heartbeat_sender, cap) == coalesce(
+            list(items), heartbeat_sender, cap), round_

@@ -149,6 +149,8 @@ class BenchStep(bootsteps.StartStopStep):
             snap['received'] = events['received']
             snap['receive_path'] = receive.get('path', 'kombu')
             snap['shed'] = receive.get('shed', 0)
+            for key in ('pending', 'errors', 'reconnects', 'longest_drain_ms'):
+                snap[f'receive_{key}'] = receive.get(key)
         else:  # stock: State.event() counts every event it applies
             snap['applied'] = getattr(state, 'event_count', 0)
             snap['received'] = snap['applied']

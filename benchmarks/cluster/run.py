@@ -646,6 +646,13 @@ def measure(workers, broker, publishers, seconds, target_rate):
             'backlog_end': backlog1[w.kind],
             'backlog_end_s': backlog_seconds(backlog1[w.kind], published or target_rate),
             'backlog_start_s': backlog_seconds(backlog0[w.kind], published or target_rate),
+            # gossip_fast's reader: held events at the end, connection errors
+            # and reconnects in the window, longest drain so far
+            'receive_pending': sa.get('receive_pending'),
+            'receive_errors': (sa.get('receive_errors') or 0) - (sb.get('receive_errors') or 0),
+            'receive_reconnects': ((sa.get('receive_reconnects') or 0)
+                                   - (sb.get('receive_reconnects') or 0)),
+            'longest_drain_ms': sa.get('receive_longest_drain_ms'),
         }
         result['keeps_up'], result['reason'] = judge(result, published)
         window['workers'][w.kind] = result

@@ -124,6 +124,8 @@ class Reader:
         self.handler_errors = 0
         self._pending = []    # events read, not applied yet (oldest first)
         self._coalesce_at = 0  # backlog size for the next shedding pass
+        # the compiled core has the same pass, compiled (src/_fastpath.pxi)
+        self._coalesce = getattr(getattr(gossip, 'core', None), 'coalesce', coalesce)
         self._retry_at = None
         self._backoff = None  # the next wait; backoff_start at first
         self._stopped = False
@@ -179,7 +181,7 @@ class Reader:
         pass over a big backlog after every drain while behind."""
         if len(pending) < max(self._coalesce_at, self.coalesce_min):
             return
-        kept, shed = coalesce(pending, heartbeat_sender, self.max_pending)
+        kept, shed = self._coalesce(pending, heartbeat_sender, self.max_pending)
         self._coalesce_at = 2 * len(kept)
         if shed:
             self.shed += shed

@@ -44,7 +44,7 @@ drains it in batches (every ``max_delay`` seconds, from the worker's timer):
   (``bad_envelopes``, and ``dropped['bad_envelope']`` of the Gossip) and
   logged at most once per 10 s: never raised, never silently lost.
 * **Compiled splitter**: with the compiled core, its ``PubSubScanner``
-  (``src/_pubsub.pxi``) replaces hiredis and the Struct for kombu's standard
+  (``src/_fastpath.pxi``) replaces hiredis and the Struct for kombu's standard
   envelope (the one kombu always writes: same keys, same order, plain ASCII
   strings, canonical base64) and hands every other envelope to the path
   above: half the instructions per event (callgrind, 684-byte heartbeats:

@@ -1,7 +1,14 @@
-# Included by _core.pyx: the compiled splitter of the Redis fast receive
-# path (gossip_fast/fastpath/redis.py), which uses it with the compiled
-# core and hiredis + msgspec with the pure-Python one.
+# Included by _core.pyx: what the fast receive path (gossip_fast/fastpath)
+# takes from the compiled core when it is the one in use (its readers do the
+# same in Python with the pure-Python core): the shedding pass over a
+# backlog, and the splitter of Redis pub/sub streams.
 #
+# coalesce() is gossip_fast.fastpath.base.coalesce, compiled: one pass over
+# a backlog of up to 100,000 held events, which in Python takes ~50-100 ms
+# of the worker's event loop, and here a few.
+#
+# The splitter (PubSubScanner) is used by the Redis reader
+# (gossip_fast/fastpath/redis.py) instead of hiredis + msgspec.
 # A Redis pub/sub connection (RESP2) carries one reply per event:
 #
 #   *4\r\n$8\r\npmessage\r\n$<n>\r\n<pattern>\r\n$<n>\r\n<channel>\r\n$<n>\r\n<data>\r\n
@@ -138,6 +145,62 @@ cdef object _b64decode(const char* p, Py_ssize_t n):
             return None
         out[o] = <char>((a << 2) | (b >> 4))
     return result
+
+
+cdef str _HEARTBEAT = 'worker.heartbeat'
+
+
+def coalesce(list items, heartbeat_sender, Py_ssize_t max_pending):
+    """``gossip_fast.fastpath.base.coalesce`` for held events that are
+    ``on_raw`` argument tuples (or anything else, never shed): the same
+    result, without a Python call per item.  *heartbeat_sender* is
+    ignored: the rule is base.heartbeat_sender's, inlined."""
+    cdef Py_ssize_t n = len(items), i, excess, shed = 0
+    cdef list kept = []
+    cdef set seen = set()
+    cdef object item, sender
+    cdef bytearray beat = bytearray(n)  # 1: a heartbeat kept in `kept`
+    cdef Py_ssize_t k
+    for i in range(n - 1, -1, -1):
+        item = items[i]
+        sender = _heartbeat_sender_c(item)
+        if sender is not None:
+            if sender:
+                if sender in seen:
+                    shed += 1
+                    continue
+                seen.add(sender)
+            beat[len(kept)] = 1
+        kept.append(item)
+    kept.reverse()
+    excess = len(kept) - max_pending
+    if excess > 0:
+        trimmed = []
+        n = len(kept)
+        for k in range(n):
+            if excess > 0 and beat[n - 1 - k]:
+                excess -= 1
+                shed += 1
+                continue
+            trimmed.append(kept[k])
+        kept = trimmed
+    return kept, shed
+
+
+cdef inline object _heartbeat_sender_c(object item):
+    """base.heartbeat_sender, inlined: the sender of a held heartbeat
+    ('' if unknown), None for anything else."""
+    if type(item) is not tuple or len(<tuple>item) < 2:
+        return None
+    key = (<tuple>item)[0]
+    if not (key is _HEARTBEAT or (type(key) is str and key == _HEARTBEAT)):
+        return None
+    headers = (<tuple>item)[1]
+    if type(headers) is dict:
+        found = (<dict>headers).get('hostname')
+        if type(found) is str and found:
+            return found
+    return ''
 
 
 @cython.final
