@@ -184,6 +184,13 @@ def scan_body(body: bytes) -> tuple[str, str, int, float, float] | None:
     None (for tests)."""
 
 
+def coalesce(items: list[Any], heartbeat_sender: Callable[[Any], str | None],
+             max_pending: int) -> tuple[list[Any], int]:
+    """``gossip_fast.fastpath.base.coalesce`` for held ``on_raw`` argument
+    tuples, compiled (*heartbeat_sender* is base.heartbeat_sender's rule)."""
+    ...
+
+
 @final
 class PubSubScanner:
     """Splits a Redis pub/sub connection's RESP2 stream: standard kombu
