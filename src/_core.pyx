@@ -12,6 +12,7 @@ cimport cython
 from cpython.dict cimport PyDict_Next
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
+from libc.math cimport ldexp
 from libc.string cimport memchr, memcmp, memcpy
 
 import heapq
@@ -109,6 +110,58 @@ def _init_offsets():
 
 
 _init_offsets()
+
+
+# kombu's Message keeps the attributes the hot path reads of every message
+# in slots of its own (``Message.__slots__``).  For a message class that
+# resolves them to those slots, reading one is a load at the slot's offset
+# too, exact because a slot is a data descriptor (an instance ``__dict__``
+# cannot shadow it) and an unset one raises AttributeError as getattr would.
+# Each class is checked once (:func:`_slotted`); others use getattr.
+cdef tuple _MESSAGE_SLOTS = ('body', 'content_type', 'content_encoding',
+                             'headers', 'delivery_info')
+cdef Py_ssize_t _OFF_BODY = 0, _OFF_CONTENT_TYPE = 0, _OFF_CONTENT_ENCODING = 0
+cdef Py_ssize_t _OFF_HEADERS = 0, _OFF_DELIVERY_INFO = 0
+cdef dict _slotted_classes = {}  # message class -> bool
+
+cdef extern from *:
+    """
+    /* Attribute lookup of *type*'s instances is object's own (no
+       __getattribute__ or __getattr__ of a Python class). */
+    static int gf_generic_getattr(PyObject* type) {
+        return ((PyTypeObject*)type)->tp_getattro == PyObject_GenericGetAttr;
+    }
+    """
+    bint gf_generic_getattr(object type)
+
+
+def _init_message_offsets():
+    global _OFF_BODY, _OFF_CONTENT_TYPE, _OFF_CONTENT_ENCODING, _OFF_HEADERS
+    global _OFF_DELIVERY_INFO
+    offsets = [_member_offset(Message, name) for name in _MESSAGE_SLOTS]
+    if all(offsets):
+        (_OFF_BODY, _OFF_CONTENT_TYPE, _OFF_CONTENT_ENCODING, _OFF_HEADERS,
+         _OFF_DELIVERY_INFO) = offsets
+    return all(offsets)
+
+
+_init_message_offsets()
+
+
+cdef bint _slotted(type kind) except -1:
+    """True if instances of *kind* (a kombu Message class) read the
+    attributes of _MESSAGE_SLOTS from Message's slots."""
+    found = _slotted_classes.get(kind)
+    if found is None:
+        found = _OFF_BODY != 0 and gf_generic_getattr(kind)
+        for name in _MESSAGE_SLOTS:
+            if not found:
+                break
+            # the first class of the MRO that defines it must be Message
+            owner = next(c for c in kind.__mro__ if name in c.__dict__)
+            found = owner is Message
+        _slotted_classes[kind] = found
+    return found
 
 __all__ = ('Clock', 'Worker', 'State', 'Receiver', 'MAX_PEER_CLOCK', 'REJECTED',
            'RESERVED_FIELDS', 'SLOTS_PER_SECOND', 'MAX_FREQ')
@@ -219,149 +272,293 @@ cdef bint has_type_marker(bytes data):
 # worker entry keeps the raw bytes and decodes them (with msgspec, exactly as
 # the general path would) only when someone reads its other attributes.
 # Anything outside the subset goes to the msgspec/kombu path.
+#
+# It reads a bytes object's buffer, which CPython always ends with a NUL
+# byte: no table below takes NUL, so every loop stops at the end without a
+# bounds check of its own.
 
 cdef enum:
-    _K_HOSTNAME = 0
-    _K_TYPE = 1
-    _K_CLOCK = 2
-    _K_TIMESTAMP = 3
-    _K_FREQ = 4
-    _K_OTHER = 5
+    # the standard keys, in the order of _KEY_NAMES
+    _K_HOSTNAME, _K_TYPE, _K_CLOCK, _K_TIMESTAMP, _K_FREQ, _K_UTCOFFSET,
+    _K_PID, _K_ACTIVE, _K_PROCESSED, _K_LOADAVG, _K_SW_IDENT, _K_SW_VER, _K_SW_SYS
     _ALL_KEYS = 0x1FFF      # 13 standard keys
     _MAX_NUMBER = 24        # longest number literal we parse ourselves
+    _MAX_DIGITS = 19        # significant digits that always fit a uint64
+    _MAX_DECIMALS = 22      # 10**22 is the largest power of ten a double holds exactly
 
 cdef struct Scan:
     Py_ssize_t host_start, host_end, type_start, type_end
     long long clock
     double timestamp, freq
 
+cdef struct Number:
+    unsigned long long digits   # the significant digits as an integer, if they fit
+    int count                   # how many significant digits (not leading zeros)
+    int decimals                # how many digits after the point
+    bint negative, is_int
+
 cdef const char* _KEY_NAMES[13]
 _KEY_NAMES[:] = [b"hostname", b"type", b"clock", b"timestamp", b"freq",
                  b"utcoffset", b"pid", b"active", b"processed", b"loadavg",
                  b"sw_ident", b"sw_ver", b"sw_sys"]
-cdef Py_ssize_t _KEY_LENGTHS[13]
-_KEY_LENGTHS[:] = [8, 4, 5, 9, 4, 9, 3, 6, 9, 7, 8, 6, 6]
+
+# Byte classes: inside a string of the subset (printable ASCII but '"' and
+# '\\'), JSON whitespace, digits.
+cdef bint _PLAIN[256]
+cdef bint _SPACE[256]
+cdef bint _DIGIT[256]
+# 5**k and 10.0**k for k <= _MAX_DECIMALS, all exact
+cdef unsigned long long _POW5[_MAX_DECIMALS + 1]
+cdef double _POW10[_MAX_DECIMALS + 1]
 
 
-cdef inline Py_ssize_t _skip_ws(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    while i < n and (p[i] == 32 or p[i] == 10 or p[i] == 13 or p[i] == 9):
+cdef void _init_scanner_tables() noexcept:
+    cdef int c, k
+    for c in range(256):
+        _PLAIN[c] = 32 <= c <= 126 and c != c'"' and c != c'\\'
+        _SPACE[c] = c == c' ' or c == c'\n' or c == c'\r' or c == c'\t'
+        _DIGIT[c] = c'0' <= c <= c'9'
+    _POW5[0], _POW10[0] = 1, 1.0
+    for k in range(1, _MAX_DECIMALS + 1):
+        _POW5[k] = _POW5[k - 1] * 5
+        _POW10[k] = _POW10[k - 1] * 10.0
+
+
+_init_scanner_tables()
+
+
+cdef extern from *:
+    """
+    #include <float.h>
+    /* True where double arithmetic rounds to double (SSE2), not to x87's
+       extended precision: a division of two exact doubles is then a single
+       correctly rounded operation. */
+    #define GF_DOUBLE_EVAL (FLT_EVAL_METHOD == 0)
+
+    static inline int gf_bit_length(unsigned long long x) {
+    #if defined(__GNUC__) || defined(__clang__)
+        return x ? 64 - __builtin_clzll(x) : 0;
+    #else
+        int n = 0;
+        while (x) { x >>= 1; n++; }
+        return n;
+    #endif
+    }
+    """
+    const bint GF_DOUBLE_EVAL
+    int gf_bit_length(unsigned long long x) noexcept nogil
+
+
+cdef inline Py_ssize_t _skip_ws(const unsigned char* p, Py_ssize_t i) noexcept nogil:
+    while _SPACE[p[i]]:
         i += 1
     return i
 
 
-cdef inline Py_ssize_t _scan_string(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+cdef inline Py_ssize_t _scan_string(const unsigned char* p, Py_ssize_t i) noexcept nogil:
     """p[i] is '"': the index after the closing quote, or -1."""
-    cdef unsigned char c
     i += 1
-    while i < n:
-        c = <unsigned char>p[i]
-        if c == 34:  # '"'
-            return i + 1
-        if c < 32 or c > 126 or c == 92:  # control, non-ASCII, backslash
-            return -1
+    while _PLAIN[p[i]]:
         i += 1
-    return -1
+    return i + 1 if p[i] == c'"' else -1
 
 
-cdef inline Py_ssize_t _scan_number(const char* p, Py_ssize_t i, Py_ssize_t n,
-                                    bint* is_int) noexcept nogil:
+cdef inline Py_ssize_t _scan_number(const unsigned char* p, Py_ssize_t i,
+                                    Number* out) noexcept nogil:
     """A JSON number without exponent at p[i]: the index after it, or -1."""
     cdef Py_ssize_t start = i
-    is_int[0] = True
-    if i < n and p[i] == 45:  # '-'
+    cdef unsigned long long digits = 0
+    cdef int count = 0, decimals = 0
+    out.negative = p[i] == c'-'
+    if out.negative:
         i += 1
-    if i >= n or not (48 <= p[i] <= 57):
+    if not _DIGIT[p[i]]:
         return -1
-    if p[i] == 48:  # a leading 0 stands alone
+    if p[i] == c'0':  # a leading 0 stands alone
         i += 1
     else:
-        while i < n and 48 <= p[i] <= 57:
+        while _DIGIT[p[i]]:
+            if count < _MAX_DIGITS:
+                digits = digits * 10 + (p[i] - c'0')
+            count += 1
             i += 1
-    if i < n and p[i] == 46:  # '.'
-        is_int[0] = False
+    out.is_int = p[i] != c'.'
+    if not out.is_int:
         i += 1
-        if i >= n or not (48 <= p[i] <= 57):
+        if not _DIGIT[p[i]]:
             return -1
-        while i < n and 48 <= p[i] <= 57:
+        while _DIGIT[p[i]]:
+            if count or p[i] != c'0':  # the zeros of 0.00x are not significant
+                if count < _MAX_DIGITS:
+                    digits = digits * 10 + (p[i] - c'0')
+                count += 1
+            decimals += 1
             i += 1
-    if i < n and (p[i] == 101 or p[i] == 69):  # exponents: not ours
+    if p[i] == c'e' or p[i] == c'E':  # exponents: not ours
         return -1
     if i - start > _MAX_NUMBER:
         return -1
+    out.digits, out.count, out.decimals = digits, count, decimals
     return i
 
 
-cdef inline Py_ssize_t _scan_scalar(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    cdef bint is_int
-    if i >= n:
-        return -1
-    if p[i] == 34:
-        return _scan_string(p, i, n)
-    if p[i] == 116 and i + 4 <= n and memcmp(p + i, b"true", 4) == 0:
+cdef inline double _scaled_down(unsigned long long w, int k) noexcept nogil:
+    """``w / 10**k`` correctly rounded (to nearest, ties to even), for
+    ``2**53 < w < 2**64`` and ``k <= _MAX_DECIMALS``, in exact integers.
+
+    ``w / 10**k == (w / 5**k) * 2**-k``: the quotient ``q`` of ``w * 2**s``
+    by ``5**k`` is taken with 54 or 55 bits, and its bits below the 53 of a
+    double, with the remainder ``r``, decide the rounding.  Long division
+    shifts in as many bits at a time as keep ``r << step`` below 2**63.
+    """
+    cdef unsigned long long d = _POW5[k], q = w // d, r = w % d, low, half
+    cdef int bits_d = gf_bit_length(d), scale, s, step, shift
+    scale = 54 + bits_d - gf_bit_length(w)  # w * 2**scale / d >= 2**53
+    if scale < 0:
+        scale = 0
+    s = scale
+    while s > 0:
+        step = s if s < 63 - bits_d else 63 - bits_d
+        r <<= step
+        q = (q << step) | (r // d)
+        r %= d
+        s -= step
+    shift = gf_bit_length(q) - 53  # >= 1
+    low = q & ((1ULL << shift) - 1)
+    half = 1ULL << (shift - 1)
+    q >>= shift
+    if low > half or (low == half and (r != 0 or q & 1)):
+        q += 1  # q <= 2**53: still exact as a double
+    return ldexp(<double>q, shift - scale - k)
+
+
+cdef inline bint _exact_double(const Number* num, double* out) noexcept nogil:
+    """The double nearest to *num* (as float() of its literal), if its
+    digits are few enough for :func:`_scaled_down` or a single division."""
+    cdef double value
+    if num.count > _MAX_DIGITS or num.decimals > _MAX_DECIMALS:
+        return False
+    if num.digits == 0:
+        value = 0.0
+    elif num.digits <= (1ULL << 53):  # both operands exact: one rounding
+        if not GF_DOUBLE_EVAL:
+            return False
+        value = <double>num.digits / _POW10[num.decimals]
+    else:
+        value = _scaled_down(num.digits, num.decimals)
+    out[0] = -value if num.negative else value
+    return True
+
+
+cdef double _number_value(const unsigned char* p, Py_ssize_t start, Py_ssize_t end,
+                          const Number* num) except? -1.0:
+    """float() of the literal p[start:end] that :func:`_scan_number` read."""
+    cdef double value
+    cdef char text[_MAX_NUMBER + 1]
+    if _exact_double(num, &value):
+        return value
+    # locale-independent and correctly rounded, like float(); our literals
+    # are short and have no exponent, so it cannot overflow
+    memcpy(text, p + start, end - start)
+    text[end - start] = 0
+    return PyOS_string_to_double(text, NULL, NULL)
+
+
+cdef inline Py_ssize_t _scan_scalar(const unsigned char* p, Py_ssize_t i,
+                                    Py_ssize_t n) noexcept nogil:
+    cdef Number num
+    cdef unsigned char c = p[i]
+    if c == c'"':
+        return _scan_string(p, i)
+    if c == c't' and i + 4 <= n and memcmp(p + i, b"true", 4) == 0:
         return i + 4
-    if p[i] == 102 and i + 5 <= n and memcmp(p + i, b"false", 5) == 0:
+    if c == c'f' and i + 5 <= n and memcmp(p + i, b"false", 5) == 0:
         return i + 5
-    if p[i] == 110 and i + 4 <= n and memcmp(p + i, b"null", 4) == 0:
+    if c == c'n' and i + 4 <= n and memcmp(p + i, b"null", 4) == 0:
         return i + 4
-    return _scan_number(p, i, n, &is_int)
+    return _scan_number(p, i, &num)
 
 
-cdef inline Py_ssize_t _scan_value(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    if i < n and p[i] == 91:  # '[': a flat list of scalars
-        i = _skip_ws(p, i + 1, n)
-        if i < n and p[i] == 93:
+cdef inline Py_ssize_t _scan_value(const unsigned char* p, Py_ssize_t i,
+                                   Py_ssize_t n) noexcept nogil:
+    if p[i] == c'[':  # a flat list of scalars
+        i = _skip_ws(p, i + 1)
+        if p[i] == c']':
             return i + 1
         while True:
             i = _scan_scalar(p, i, n)
             if i < 0:
                 return -1
-            i = _skip_ws(p, i, n)
-            if i < n and p[i] == 44:
-                i = _skip_ws(p, i + 1, n)
+            i = _skip_ws(p, i)
+            if p[i] == c',':
+                i = _skip_ws(p, i + 1)
                 continue
-            if i < n and p[i] == 93:
+            if p[i] == c']':
                 return i + 1
             return -1
     return _scan_scalar(p, i, n)
 
 
-cdef inline int _key_index(const char* p, Py_ssize_t length) noexcept nogil:
-    cdef int k
-    for k in range(13):
-        if _KEY_LENGTHS[k] == length and memcmp(p, _KEY_NAMES[k], length) == 0:
-            return k
-    return -1
+cdef inline int _key_index(const unsigned char* p, Py_ssize_t length) noexcept nogil:
+    """Which standard key p[:length] is, or -1.
+
+    The length and the first byte name the only candidate (sw_ver and sw_sys
+    differ in the fourth); one comparison confirms it.
+    """
+    cdef int k = -1
+    cdef Py_ssize_t j
+    cdef unsigned char c = p[0]
+    if length == 3:
+        k = _K_PID if c == c'p' else -1
+    elif length == 4:
+        k = _K_TYPE if c == c't' else _K_FREQ if c == c'f' else -1
+    elif length == 5:
+        k = _K_CLOCK if c == c'c' else -1
+    elif length == 6:
+        k = (_K_ACTIVE if c == c'a' else
+             (_K_SW_VER if p[3] == c'v' else _K_SW_SYS) if c == c's' else -1)
+    elif length == 7:
+        k = _K_LOADAVG if c == c'l' else -1
+    elif length == 8:
+        k = _K_HOSTNAME if c == c'h' else _K_SW_IDENT if c == c's' else -1
+    elif length == 9:
+        k = (_K_TIMESTAMP if c == c't' else _K_UTCOFFSET if c == c'u' else
+             _K_PROCESSED if c == c'p' else -1)
+    if k < 0:
+        return -1
+    for j in range(1, length):
+        if p[j] != <unsigned char>_KEY_NAMES[k][j]:
+            return -1
+    return k
 
 
-cdef bint scan_standard(const char* p, Py_ssize_t n, Scan* out) except -1:
-    """True if p[:n] is a standard event body (see above); fills *out*."""
-    cdef Py_ssize_t i = _skip_ws(p, 0, n), key_start, end
+cdef bint scan_standard(bytes body, Scan* out) except -1:
+    """True if *body* is a standard event body (see above); fills *out*."""
+    cdef const unsigned char* p = <const unsigned char*><char*>body
+    cdef Py_ssize_t n = len(body), i = _skip_ws(p, 0), start, end
     cdef int k, seen = 0
-    cdef bint is_int
-    cdef long long clock
-    cdef char number[_MAX_NUMBER + 1]
-    if i >= n or p[i] != 123:  # '{'
+    cdef Number num
+    if p[i] != c'{':
         return False
-    i = _skip_ws(p, i + 1, n)
+    i = _skip_ws(p, i + 1)
     while True:
-        if i >= n or p[i] != 34:
+        if p[i] != c'"':
             return False
-        key_start = i + 1
-        end = _scan_string(p, i, n)
+        end = _scan_string(p, i)
         if end < 0:
             return False
-        k = _key_index(p + key_start, end - 1 - key_start)
+        k = _key_index(p + i + 1, end - 2 - i)
         if k < 0 or seen & (1 << k):
             return False
         seen |= 1 << k
-        i = _skip_ws(p, end, n)
-        if i >= n or p[i] != 58:  # ':'
+        i = _skip_ws(p, end)
+        if p[i] != c':':
             return False
-        i = _skip_ws(p, i + 1, n)
+        i = _skip_ws(p, i + 1)
         if k == _K_HOSTNAME or k == _K_TYPE:
-            if i >= n or p[i] != 34:
+            if p[i] != c'"':
                 return False
-            end = _scan_string(p, i, n)
+            end = _scan_string(p, i)
             if end < 0:
                 return False
             if k == _K_HOSTNAME:
@@ -369,41 +566,28 @@ cdef bint scan_standard(const char* p, Py_ssize_t n, Scan* out) except -1:
             else:
                 out.type_start, out.type_end = i + 1, end - 1
         elif k == _K_CLOCK or k == _K_TIMESTAMP or k == _K_FREQ:
-            end = _scan_number(p, i, n, &is_int)
+            end = _scan_number(p, i, &num)
             if end < 0:
                 return False
             if k == _K_CLOCK:
-                if not is_int or p[i] == 45 or end - i > 18:
+                if not num.is_int or num.negative or num.count > 18:
                     return False
-                clock = 0
-                while i < end:
-                    clock = clock * 10 + (p[i] - 48)
-                    i += 1
-                out.clock = clock
+                out.clock = <long long>num.digits
+            elif k == _K_TIMESTAMP:
+                out.timestamp = _number_value(p, i, end, &num)
             else:
-                memcpy(number, p + i, end - i)
-                number[end - i] = 0
-                if k == _K_TIMESTAMP:
-                    out.timestamp = strtod_c(number)
-                else:
-                    out.freq = strtod_c(number)
+                out.freq = _number_value(p, i, end, &num)
         else:
             end = _scan_value(p, i, n)
             if end < 0:
                 return False
-        i = _skip_ws(p, end, n)
-        if i < n and p[i] == 44:  # ','
-            i = _skip_ws(p, i + 1, n)
+        i = _skip_ws(p, end)
+        if p[i] == c',':
+            i = _skip_ws(p, i + 1)
             continue
-        if i < n and p[i] == 125:  # '}'
-            return seen == _ALL_KEYS and _skip_ws(p, i + 1, n) == n
+        if p[i] == c'}':
+            return seen == _ALL_KEYS and _skip_ws(p, i + 1) == n
         return False
-
-
-cdef inline double strtod_c(const char* text) except? -1.0:
-    # locale-independent and correctly rounded, like Python's float(); our
-    # literals are short and have no exponent, so it cannot overflow
-    return PyOS_string_to_double(text, NULL, NULL)
 
 
 cdef object _MISSING = object()
@@ -962,6 +1146,16 @@ cdef class State:
         return f'<State: workers={len(self.workers)} events={self.event_count}>'
 
 
+cdef inline bint _is_task_key(str key):
+    """*key* is ``task`` or starts with ``task.`` (a task message)."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
+    return (n >= 4 and PyUnicode_READ_CHAR(key, 0) == u't'
+            and PyUnicode_READ_CHAR(key, 1) == u'a'
+            and PyUnicode_READ_CHAR(key, 2) == u's'
+            and PyUnicode_READ_CHAR(key, 3) == u'k'
+            and (n == 4 or PyUnicode_READ_CHAR(key, 4) == u'.'))
+
+
 @cython.final
 cdef class Receiver:
     """``Gossip.on_message``: route, decode, prepare and apply one event.
@@ -980,7 +1174,7 @@ cdef class Receiver:
     cdef public object fast_prepare
     cdef public Py_ssize_t received, applied, own, skipped_tasks, decode_fallbacks
     cdef State _state
-    cdef object _message_type  # the last kombu Message class seen
+    cdef object _message_type  # the last kombu Message class read by slots
     # The bootstep's swappable attributes, cached; Gossip.__setattr__ calls
     # refresh() whenever one of them is set, so a swap takes effect at once.
     cdef object _hostname, _clock, _update_state, _event_handlers
@@ -1038,12 +1232,24 @@ cdef class Receiver:
             return None
         return body
 
+    cdef inline bint slotted(self, object message) except -1:
+        """True if *message* is a kombu Message whose attributes we read
+        from its slots (see :func:`_slotted`)."""
+        if type(message) is self._message_type:
+            return True
+        if isinstance(message, Message) and _slotted(type(message)):
+            self._message_type = type(message)
+            return True
+        return False
+
     cdef object message_raw(self, object message):
         """:meth:`raw_json` of a real kombu message, else None."""
-        if type(message) is not self._message_type:
-            if not isinstance(message, Message):
-                return None
-            self._message_type = type(message)
+        if self.slotted(message):
+            return self.raw_json(
+                _slot(message, _OFF_BODY), _slot(message, _OFF_CONTENT_TYPE),
+                _slot(message, _OFF_CONTENT_ENCODING), _slot(message, _OFF_HEADERS))
+        if not isinstance(message, Message):
+            return None
         return self.raw_json(message.body, message.content_type,
                              message.content_encoding, message.headers)
 
@@ -1088,9 +1294,8 @@ cdef class Receiver:
         """
         cdef double timestamp, freq
         cdef Scan scan
-        cdef const char* p = <const char*><char*>raw
-        if scan_standard(p, len(<bytes>raw), &scan):
-            return self.scanned_lane(raw, p, &scan, headers)
+        if scan_standard(<bytes>raw, &scan):
+            return self.scanned_lane(raw, <const char*><char*>raw, &scan, headers)
         try:
             event = _decode_event(raw)
         except Exception:
@@ -1214,7 +1419,11 @@ cdef class Receiver:
     def on_message(self, prepare, message):
         self.received += 1
         try:
-            routing_key = message.delivery_info['routing_key']
+            if self.slotted(message):
+                info = _slot(message, _OFF_DELIVERY_INFO)
+            else:
+                info = message.delivery_info
+            routing_key = (<dict>info)['routing_key'] if type(info) is dict else info['routing_key']
         except Exception:
             return self._reject('bad_message', None, 'no routing key')
         return self._handle(prepare, routing_key, message, None, None)
@@ -1241,11 +1450,14 @@ cdef class Receiver:
         if type(routing_key) is not str:
             return self._reject('bad_message', None, routing_key)
         # For redis when `fanout_patterns=False` (celery#1882)
-        if (<str>routing_key).startswith('task') and (
-                len(<str>routing_key) == 4 or (<str>routing_key)[4] == '.'):
+        if _is_task_key(<str>routing_key):
             self.skipped_tasks += 1
             return None
-        handler = self._event_handlers.get(routing_key)
+        handlers = self._event_handlers
+        if type(handlers) is dict:
+            handler = (<dict>handlers).get(routing_key)
+        else:
+            handler = handlers.get(routing_key)
         if handler is not None:
             payload = self.decode(message, raw)
             if payload is _REJECTED:
@@ -1257,7 +1469,10 @@ cdef class Receiver:
                 and self._update_state is self.state_event):
             if message is not None:
                 raw = self.message_raw(message)
-                headers = message.headers if raw is not None else None
+                if raw is not None:  # message_raw found it slotted, or not
+                    headers = (_slot(message, _OFF_HEADERS)
+                               if type(message) is self._message_type
+                               else message.headers)
             if raw is not None:
                 try:
                     if self.fast_lane(raw, <dict>headers):
@@ -1317,12 +1532,11 @@ cdef class Receiver:
         }
 
 
-def scan_body(bytes body):
+def scan_body(bytes body not None):
     """``(hostname, type, clock, timestamp, freq)`` if :func:`scan_standard`
     takes *body* as a standard event, else None (for tests)."""
     cdef Scan scan
-    cdef const char* p = <const char*><char*>body
-    if not scan_standard(p, len(body), &scan):
+    if not scan_standard(body, &scan):
         return None
     return (body[scan.host_start:scan.host_end].decode('ascii'),
             body[scan.type_start:scan.type_end].decode('ascii'),
