@@ -700,6 +700,9 @@ cdef class Clock:
         return f'<{type(self).__name__}: {self._value}>'
 
 
+cdef class _Bucket
+
+
 @cython.final
 cdef class Worker:
     """A tracked peer.
@@ -718,7 +721,8 @@ cdef class Worker:
     cdef long long _slot
     cdef bint _drift_warned
     cdef object _hostname
-    cdef dict _bucket  # the wheel slot it sits in, or None
+    cdef _Bucket _bucket  # the wheel slot it sits in, or None
+    cdef Worker _next, _prev  # its neighbours there
     cdef dict _fields  # the same dict object as __dict__
     # The last standard event and its receive time: its raw JSON bytes
     # (decoded into an _Event on first use) or an _Event.  While set, its
@@ -832,6 +836,46 @@ cdef class Worker:
 
 
 @cython.final
+cdef class _Bucket:
+    """The workers of one slot of the deadline wheel, in the order they
+    entered it: a doubly linked list through ``Worker._next``/``_prev``, so
+    that a heartbeat moves its worker between slots without dict work."""
+    cdef Worker head, tail
+    cdef Py_ssize_t count
+
+    cdef inline void append(self, Worker worker) noexcept:
+        worker._prev = self.tail
+        worker._next = None
+        if self.tail is None:
+            self.head = worker
+        else:
+            self.tail._next = worker
+        self.tail = worker
+        self.count += 1
+
+    cdef inline void remove(self, Worker worker) noexcept:
+        if worker._prev is None:
+            self.head = worker._next
+        else:
+            worker._prev._next = worker._next
+        if worker._next is None:
+            self.tail = worker._prev
+        else:
+            worker._next._prev = worker._prev
+        worker._next = worker._prev = None
+        self.count -= 1
+
+    cdef list members(self):
+        """Its workers, in order."""
+        cdef list found = []
+        cdef Worker worker = self.head
+        while worker is not None:
+            found.append(worker)
+            worker = worker._next
+        return found
+
+
+@cython.final
 cdef class State:
     """The table of peers: ``workers`` maps hostname to :class:`Worker`.
 
@@ -847,7 +891,7 @@ cdef class State:
     cdef dict _wheel
     cdef list _slots
     cdef long long _last_slot
-    cdef dict _last_bucket
+    cdef _Bucket _last_bucket
     cdef bint _created
     cdef str _subject
 
@@ -1004,7 +1048,7 @@ cdef class State:
 
     cdef inline void _schedule(self, Worker worker) except *:
         cdef long long slot = <long long>(worker._expires * _SLOTS_PER_SECOND)
-        cdef dict bucket
+        cdef _Bucket bucket
         if slot == worker._slot:
             return
         self._unschedule(worker)
@@ -1016,23 +1060,23 @@ cdef class State:
             key = slot
             found = self._wheel.get(key)
             if found is None:
-                bucket = {}
+                bucket = _Bucket()
                 self._wheel[key] = bucket
                 _heappush(self._slots, key)
             else:
-                bucket = <dict>found
+                bucket = <_Bucket>found
             self._last_slot = slot
             self._last_bucket = bucket
-        bucket[worker._hostname] = worker
+        bucket.append(worker)
         worker._slot = slot
         worker._bucket = bucket
 
     cdef inline void _unschedule(self, Worker worker) except *:
-        cdef dict bucket = worker._bucket
+        cdef _Bucket bucket = worker._bucket
         if bucket is None:
             return
-        bucket.pop(worker._hostname, None)
-        if not bucket:
+        bucket.remove(worker)
+        if not bucket.count:
             self._wheel.pop(worker._slot, None)
             if bucket is self._last_bucket:
                 self._last_bucket = None
@@ -1049,7 +1093,8 @@ cdef class State:
         cdef long long current = <long long>(t * _SLOTS_PER_SECOND)
         cdef long long slot
         cdef list slots = self._slots, lost = [], expired
-        cdef dict wheel = self._wheel, workers = self.workers, bucket
+        cdef dict wheel = self._wheel, workers = self.workers
+        cdef _Bucket bucket
         cdef Worker worker
         while slots and <long long>slots[0] <= current:
             slot = slots[0]
@@ -1057,20 +1102,18 @@ cdef class State:
             if found is None:  # emptied since it was pushed
                 _heappop(slots)
                 continue
-            bucket = <dict>found
+            bucket = <_Bucket>found
             if bucket is self._last_bucket:
                 self._last_bucket = None
             if slot < current:
+                expired = bucket.members()
+            else:
+                expired = [w for w in bucket.members() if not t < (<Worker>w)._expires]
+            for w in expired:
+                bucket.remove(<Worker>w)
+            if not bucket.count:
                 _heappop(slots)
                 del wheel[slot]
-                expired = list(bucket.values())
-            else:
-                expired = [w for w in bucket.values() if not t < (<Worker>w)._expires]
-                for w in expired:
-                    del bucket[(<Worker>w)._hostname]
-                if not bucket:
-                    _heappop(slots)
-                    del wheel[slot]
             for w in expired:
                 worker = <Worker>w
                 worker._slot = -1
@@ -1095,7 +1138,8 @@ cdef class State:
         cdef list found = []
         for key, bucket in self._wheel.items():
             if <long long>key <= current:
-                for hostname, w in (<dict>bucket).items():
+                for w in (<_Bucket>bucket).members():
+                    hostname = (<Worker>w)._hostname
                     if not t < (<Worker>w)._expires and workers.get(hostname) is w:
                         found.append(hostname)
         return found
@@ -1120,9 +1164,9 @@ cdef class State:
         for key, bucket in self._wheel.items():
             slot = key
             if slot < current:
-                dead += len(<dict>bucket)
+                dead += (<_Bucket>bucket).count
             elif slot == current:
-                for w in (<dict>bucket).values():
+                for w in (<_Bucket>bucket).members():
                     if not t < (<Worker>w)._expires:
                         dead += 1
         return len(self.workers) - dead
@@ -1134,7 +1178,14 @@ cdef class State:
         return (_time() if now is None else now) < (<Worker>found)._expires
 
     def clear(self):
+        cdef Worker worker
         self.workers.clear()
+        for bucket in self._wheel.values():  # unlink, so none is left half in
+            for w in (<_Bucket>bucket).members():
+                worker = <Worker>w
+                (<_Bucket>bucket).remove(worker)
+                worker._slot = -1
+                worker._bucket = None
         self._wheel.clear()
         del self._slots[:]
         self._last_bucket = None
