@@ -11,9 +11,12 @@ Python methods wherever it can.
 cimport cython
 from cpython.dict cimport PyDict_Next
 from cpython.object cimport PyObject
-from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.unicode cimport (PyUnicode_CheckExact, PyUnicode_DATA, PyUnicode_GET_LENGTH,
+                              PyUnicode_READ_CHAR)
 from libc.math cimport ldexp
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy, memset, strlen
 
 import heapq
 import threading
@@ -199,6 +202,7 @@ cdef extern from "Python.h":
     object PyObject_GenericGetDict(object obj, void* context)
     int PyObject_GenericSetAttr(object obj, object name, object value) except -1
     object PyUnicode_DecodeASCII(const char* s, Py_ssize_t size, const char* errors)
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
     double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow) except? -1.0
 
 cdef dict _DEFAULTS = dict(DEFAULT_FIELDS)
@@ -210,6 +214,43 @@ cdef object _REJECTED = REJECTED
 cdef object _time = time.time
 cdef object _heappush = heapq.heappush
 cdef object _heappop = heapq.heappop
+
+
+cdef extern from *:
+    """
+    /* a == b for two exact strs; compact ones (every str but a legacy,
+       perhaps not ready, one of 3.10/3.11) by length, kind and bytes,
+       which for equal strs are equal. */
+    static int gf_str_equal(PyObject* a, PyObject* b) {
+        if (a == b)
+            return 1;
+        if (PyUnicode_IS_COMPACT(a) && PyUnicode_IS_COMPACT(b))
+            return (PyUnicode_GET_LENGTH(a) == PyUnicode_GET_LENGTH(b)
+                    && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+                    && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b),
+                              PyUnicode_GET_LENGTH(a) * PyUnicode_KIND(a)) == 0);
+        int order = PyUnicode_Compare(a, b);
+        if (order == -1 && PyErr_Occurred())
+            return -1;
+        return order == 0;
+    }
+    """
+    int gf_str_equal(object a, object b) except -1
+
+
+# ``a == b`` and ``a != b`` as Python evaluates them; for two exact strs
+# without the call (Cython's compares them with PyUnicode_Compare, which
+# orders them).
+cdef inline bint _eq(object a, object b) except -1:
+    if type(a) is str and type(b) is str:
+        return gf_str_equal(a, b)
+    return a == b
+
+
+cdef inline bint _ne(object a, object b) except -1:
+    if type(a) is str and type(b) is str:
+        return not gf_str_equal(a, b)
+    return a != b
 
 
 cdef inline bint valid_peer_clock_c(object value):
@@ -310,10 +351,25 @@ cdef bint _DIGIT[256]
 # 5**k and 10.0**k for k <= _MAX_DECIMALS, all exact
 cdef unsigned long long _POW5[_MAX_DECIMALS + 1]
 cdef double _POW10[_MAX_DECIMALS + 1]
+# Celery writes the keys in one order, each as '"<key>": '.  The scanner
+# first tries the bytes of that fragment for the key that comes next in it
+# (two 8-byte words compared under a mask), and parses a key as a string
+# only when they differ.
+cdef int _CELERY_ORDER[13]
+_CELERY_ORDER[:] = [_K_HOSTNAME, _K_UTCOFFSET, _K_PID, _K_CLOCK, _K_FREQ, _K_ACTIVE,
+                    _K_PROCESSED, _K_LOADAVG, _K_SW_IDENT, _K_SW_VER, _K_SW_SYS,
+                    _K_TIMESTAMP, _K_TYPE]
+cdef int _NEXT_KEY[13]
+cdef unsigned long long _FRAGMENT[13][2]
+cdef unsigned long long _FRAGMENT_MASK[13][2]
+cdef Py_ssize_t _FRAGMENT_LENGTH[13]
 
 
 cdef void _init_scanner_tables() noexcept:
     cdef int c, k
+    cdef Py_ssize_t length
+    cdef unsigned char fragment[16]
+    cdef unsigned char mask[16]
     for c in range(256):
         _PLAIN[c] = 32 <= c <= 126 and c != c'"' and c != c'\\'
         _SPACE[c] = c == c' ' or c == c'\n' or c == c'\r' or c == c'\t'
@@ -322,6 +378,19 @@ cdef void _init_scanner_tables() noexcept:
     for k in range(1, _MAX_DECIMALS + 1):
         _POW5[k] = _POW5[k - 1] * 5
         _POW10[k] = _POW10[k - 1] * 10.0
+    for c in range(13):
+        k = _CELERY_ORDER[c]
+        _NEXT_KEY[k] = _CELERY_ORDER[(c + 1) % 13]
+        length = strlen(_KEY_NAMES[k]) + 4
+        memset(fragment, 0, 16)
+        memset(mask, 0, 16)
+        fragment[0] = c'"'
+        memcpy(fragment + 1, _KEY_NAMES[k], length - 4)
+        memcpy(fragment + length - 3, b'": ', 3)
+        memset(mask, 0xFF, length)
+        memcpy(_FRAGMENT[k], fragment, 16)
+        memcpy(_FRAGMENT_MASK[k], mask, 16)
+        _FRAGMENT_LENGTH[k] = length
 
 
 _init_scanner_tables()
@@ -347,6 +416,18 @@ cdef extern from *:
     """
     const bint GF_DOUBLE_EVAL
     int gf_bit_length(unsigned long long x) noexcept nogil
+
+
+cdef inline bint _at_fragment(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                              int k) noexcept nogil:
+    """p[i:] starts with the fragment of key *k*."""
+    cdef unsigned long long a, b
+    if i + 16 > n:
+        return False
+    memcpy(&a, p + i, 8)
+    memcpy(&b, p + i + 8, 8)
+    return (((a ^ _FRAGMENT[k][0]) & _FRAGMENT_MASK[k][0])
+            | ((b ^ _FRAGMENT[k][1]) & _FRAGMENT_MASK[k][1])) == 0
 
 
 cdef inline Py_ssize_t _skip_ws(const unsigned char* p, Py_ssize_t i) noexcept nogil:
@@ -535,26 +616,34 @@ cdef inline int _key_index(const unsigned char* p, Py_ssize_t length) noexcept n
 cdef bint scan_standard(bytes body, Scan* out) except -1:
     """True if *body* is a standard event body (see above); fills *out*."""
     cdef const unsigned char* p = <const unsigned char*><char*>body
-    cdef Py_ssize_t n = len(body), i = _skip_ws(p, 0), start, end
-    cdef int k, seen = 0
+    cdef Py_ssize_t n = len(body), i = _skip_ws(p, 0), end
+    cdef int k, seen = 0, expected = _CELERY_ORDER[0]
     cdef Number num
     if p[i] != c'{':
         return False
     i = _skip_ws(p, i + 1)
     while True:
-        if p[i] != c'"':
-            return False
-        end = _scan_string(p, i)
-        if end < 0:
-            return False
-        k = _key_index(p + i + 1, end - 2 - i)
-        if k < 0 or seen & (1 << k):
+        if _at_fragment(p, i, n, expected):
+            k = expected
+            i += _FRAGMENT_LENGTH[k]
+        else:
+            if p[i] != c'"':
+                return False
+            end = _scan_string(p, i)
+            if end < 0:
+                return False
+            k = _key_index(p + i + 1, end - 2 - i)
+            if k < 0:
+                return False
+            i = _skip_ws(p, end)
+            if p[i] != c':':
+                return False
+            i += 1
+        if seen & (1 << k):
             return False
         seen |= 1 << k
-        i = _skip_ws(p, end)
-        if p[i] != c':':
-            return False
-        i = _skip_ws(p, i + 1)
+        expected = _NEXT_KEY[k]
+        i = _skip_ws(p, i)
         if k == _K_HOSTNAME or k == _K_TYPE:
             if p[i] != c'"':
                 return False
@@ -1197,6 +1286,95 @@ cdef class State:
         return f'<State: workers={len(self.workers)} events={self.event_count}>'
 
 
+cdef enum:
+    _HOST_PROBES = 8        # slots a _HostIndex looks at for one name
+    _HOST_MIN_SIZE = 64
+
+
+cdef inline size_t _fnv1a(const char* p, Py_ssize_t n) noexcept nogil:
+    cdef unsigned long long h = 14695981039346656037ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ <unsigned char>p[i]) * 1099511628211ULL
+    return <size_t>h
+
+
+@cython.final
+cdef class _HostIndex:
+    """Hostname strs by their ASCII bytes, so that a scanned body finds the
+    str its worker is filed under instead of creating, hashing and freeing
+    one per message.
+
+    Open addressing, at most _HOST_PROBES probes per name (so a flood of
+    colliding names costs misses, not time) and at most half full: when an
+    addition would make it fuller it starts over, empty, with at least
+    twice as many slots as the table it serves has workers.  A str it
+    returns has exactly the bytes asked for, so an entry left by a worker
+    that is gone is still right.
+    """
+    cdef PyObject** slots  # strong references to exact, compact ASCII strs, or NULL
+    cdef size_t size
+    cdef Py_ssize_t used
+
+    def __dealloc__(self):
+        self.reset(0)
+
+    cdef str find(self, const char* name, Py_ssize_t n):
+        cdef size_t i, probe
+        cdef PyObject* entry
+        if self.size == 0:
+            return None
+        i = _fnv1a(name, n)
+        for probe in range(_HOST_PROBES):
+            entry = self.slots[(i + probe) & (self.size - 1)]
+            if entry == NULL:
+                return None
+            if (PyUnicode_GET_LENGTH(<object>entry) == n
+                    and memcmp(PyUnicode_DATA(<object>entry), name, n) == 0):
+                return <str>entry
+        return None
+
+    cdef int add(self, str hostname, Py_ssize_t served) except -1:
+        """Index *hostname* (ignored unless compact ASCII); *served*: the
+        size of the table of workers."""
+        cdef size_t i, probe, size = _HOST_MIN_SIZE
+        cdef PyObject** slot
+        if not PyUnicode_IS_COMPACT_ASCII(hostname):
+            return 0
+        if (self.used + 1) * 2 > <Py_ssize_t>self.size:
+            while size < <size_t>served * 2:
+                size *= 2
+            self.reset(size)
+        i = _fnv1a(<const char*>PyUnicode_DATA(hostname), PyUnicode_GET_LENGTH(hostname))
+        for probe in range(_HOST_PROBES):
+            slot = &self.slots[(i + probe) & (self.size - 1)]
+            if slot[0] == NULL:
+                self.used += 1
+                break
+        else:  # no free slot near: the name takes its first one
+            slot = &self.slots[i & (self.size - 1)]
+            Py_DECREF(<object>slot[0])
+        Py_INCREF(hostname)
+        slot[0] = <PyObject*>hostname
+        return 0
+
+    cdef int reset(self, size_t size) except -1:
+        """Drop every entry; then hold *size* (a power of two, or 0) slots."""
+        cdef size_t i
+        if self.slots != NULL:
+            for i in range(self.size):
+                if self.slots[i] != NULL:
+                    Py_DECREF(<object>self.slots[i])
+            PyMem_Free(self.slots)
+            self.slots, self.size, self.used = NULL, 0, 0
+        if size:
+            self.slots = <PyObject**>PyMem_Calloc(size, sizeof(PyObject*))
+            if self.slots == NULL:
+                raise MemoryError()
+            self.size = size
+        return 0
+
+
 cdef inline bint _is_task_key(str key):
     """*key* is ``task`` or starts with ``task.`` (a task message)."""
     cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
@@ -1226,6 +1404,7 @@ cdef class Receiver:
     cdef public Py_ssize_t received, applied, own, skipped_tasks, decode_fallbacks
     cdef State _state
     cdef object _message_type  # the last kombu Message class read by slots
+    cdef _HostIndex _hosts
     # The bootstep's swappable attributes, cached; Gossip.__setattr__ calls
     # refresh() whenever one of them is set, so a swap takes effect at once.
     cdef object _hostname, _clock, _update_state, _event_handlers
@@ -1249,6 +1428,7 @@ cdef class Receiver:
         # bound once, so that identity tells the fast path from a swap-in
         self.state_event = state.event if state is not None else None
         self.fast_prepare = self.prepare
+        self._hosts = _HostIndex()
         self.received = 0
         self.applied = 0
         self.own = 0
@@ -1272,10 +1452,10 @@ cdef class Receiver:
         """*body* if we may decode it ourselves (JSON bytes in ``accept``,
         UTF-8, not compressed, no kombu ``__type__`` objects), else None."""
         if (_fast_json is None or type(body) is not bytes
-                or content_type != JSON or not self._json_accepted):
+                or _ne(content_type, JSON) or not self._json_accepted):
             return None
-        if not (content_encoding is None or content_encoding == 'utf-8'
-                or content_encoding == 'utf8'):
+        if not (content_encoding is None or _eq(content_encoding, 'utf-8')
+                or _eq(content_encoding, 'utf8')):
             return None
         if type(headers) is not dict or (<dict>headers).get('compression'):
             return None
@@ -1393,15 +1573,20 @@ cdef class Receiver:
                            dict headers) except -1:
         """:meth:`fast_lane` for a body that :func:`scan_standard` read."""
         cdef Py_ssize_t type_length = scan.type_end - scan.type_start
+        cdef Py_ssize_t host_length = scan.host_end - scan.host_start
         cdef const char* type_ = p + scan.type_start
-        if scan.host_end <= scan.host_start:
+        cdef str hostname
+        cdef bint indexed
+        if host_length <= 0:
             return False
-        hostname = PyUnicode_DecodeASCII(p + scan.host_start,
-                                         scan.host_end - scan.host_start, NULL)
+        hostname = self._hosts.find(p + scan.host_start, host_length)
+        indexed = hostname is not None
+        if not indexed:
+            hostname = PyUnicode_DecodeASCII(p + scan.host_start, host_length, NULL)
         header_host = headers.get('hostname')
-        if header_host and header_host != hostname:
+        if header_host and _ne(header_host, hostname):
             return False
-        if hostname == self._hostname:
+        if _eq(hostname, self._hostname):
             return False
         if type_length < 7 or memcmp(type_, b"worker-", 7) != 0 or (
                 type_length == 14 and memcmp(type_, b"worker-offline", 14) == 0):
@@ -1418,6 +1603,8 @@ cdef class Receiver:
             raw, hostname,
             type_length == 13 and memcmp(type_, b"worker-online", 13) == 0,
             scan.timestamp, scan.freq, <double>_time())
+        if not indexed:
+            self._hosts.add(hostname, len(self._state.workers))
         self.applied += 1
         return True
 

@@ -80,3 +80,75 @@ def test_empty_body_slot_raises_like_attribute_access(gossip, fast_prepare):
     del message.body
     with pytest.raises(AttributeError):
         gossip.on_message(fast_prepare, message)
+
+
+# -- the hostname index: hostname strs found by the bytes of a scanned body ---
+
+def test_worker_leaves_and_rejoins(gossip, fast_prepare):
+    joins, leaves = [], []
+    gossip.on.node_join.add(joins.append)
+    gossip.on.node_leave.add(leaves.append)
+    gossip.on_message(fast_prepare, wire.heartbeat("a@x", clock=1))
+    first = gossip.state.workers["a@x"]
+    gossip.on_message(fast_prepare, wire.heartbeat("a@x", clock=2, type_="worker-offline"))
+    assert gossip.state.workers == {} and leaves == [first]
+    gossip.on_message(fast_prepare, wire.heartbeat("a@x", clock=3))
+    again = gossip.state.workers["a@x"]
+    assert again is not first and joins == [first, again]
+    assert again.hostname == "a@x" and again.clock == 3 and again.alive
+
+
+def test_lost_worker_rejoins(gossip, fast_prepare):
+    joins = []
+    gossip.on.node_join.add(joins.append)
+    gossip.on_message(fast_prepare, wire.heartbeat("a@x", freq=0.001))
+    time.sleep(0.01)
+    assert [w.hostname for w in gossip.state.sweep()] == ["a@x"]
+    gossip.on_message(fast_prepare, wire.heartbeat("a@x", clock=2))
+    assert list(gossip.state.workers) == ["a@x"] and len(joins) == 2
+
+
+def test_table_entry_replaced_or_removed_by_user_code(gossip, fast_prepare, core):
+    joins = []
+    gossip.on.node_join.add(joins.append)
+    gossip.on_message(fast_prepare, wire.heartbeat("a@x", clock=1))
+    mine = core.Worker("a@x")
+    gossip.state.workers["a@x"] = mine
+    gossip.on_message(fast_prepare, wire.heartbeat("a@x", clock=2))
+    assert gossip.state.workers["a@x"] is mine and mine.clock == 2 and len(joins) == 1
+    del gossip.state.workers["a@x"]
+    gossip.on_message(fast_prepare, wire.heartbeat("a@x", clock=3))
+    assert gossip.state.workers["a@x"] is not mine and len(joins) == 2
+    gossip.state.workers = {}
+    gossip.on_message(fast_prepare, wire.heartbeat("a@x", clock=4))
+    assert list(gossip.state.workers) == ["a@x"] and len(joins) == 3
+
+
+def test_many_workers_many_rounds(gossip, fast_prepare):
+    """More names than the index first holds: it grows, nobody re-joins.
+    Half the messages have no hostname header (protocol 1), which would
+    otherwise catch a wrong name."""
+    joins = []
+    gossip.on.node_join.add(joins.append)
+    names = [f"w{i}@node{i % 7}" for i in range(700)]
+    for clock in range(1, 4):
+        for i, name in enumerate(names):
+            message = wire.heartbeat(name, clock=clock)
+            if i % 2:
+                message.headers.clear()
+            gossip.on_message(fast_prepare, message)
+    assert sorted(gossip.state.workers) == sorted(names) and len(joins) == len(names)
+    assert all(gossip.state.workers[name].clock == 3 for name in names)
+
+
+def test_known_name_with_another_header_or_own(gossip, fast_prepare):
+    gossip.on_message(fast_prepare, wire.heartbeat("a@x", clock=1))
+    mismatch = wire.heartbeat("a@x", clock=2)
+    mismatch.headers["hostname"] = "b@x"
+    gossip.on_message(fast_prepare, mismatch)
+    assert gossip.dropped == {"hostname_mismatch": 1}
+    assert gossip.state.workers["a@x"].clock == 1
+    gossip.hostname = "a@x"  # now it is us
+    clock = gossip.clock.value
+    gossip.on_message(fast_prepare, wire.heartbeat("a@x", clock=3))
+    assert gossip.state.workers["a@x"].clock == 1 and gossip.clock.value == clock + 1

@@ -61,6 +61,15 @@ def test_outside_the_subset_is_left_alone(scan, body):
     assert scan(body.encode()) is None
 
 
+@pytest.mark.parametrize("old, new", [
+    (b'"pid": ', b'"pid" : '), (b'"pid": ', b'"pid":  '), (b'"pid": ', b'"pid":'),
+    (b'"pid": ', b'"pid":\n'), (b'"clock": ', b' "clock": '), (b'{"hostname"', b'{ "hostname"'),
+])
+def test_celery_layout_with_other_whitespace(scan, old, new):
+    body = json.dumps(standard()).encode()
+    assert scan(body.replace(old, new)) == scan(body) is not None
+
+
 numbers = st.one_of(st.integers(0, 10 ** 17), st.floats(0.001, 1e12, allow_nan=False),
                     st.integers(-5, 5))
 plain = st.characters(min_codepoint=32, max_codepoint=126, exclude_characters='"\\')
@@ -76,10 +85,12 @@ LOGIC = {"hostname": text, "type": text, "clock": st.integers(0, 10 ** 17),
 @settings(max_examples=500, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.fixed_dictionaries({key: LOGIC.get(key, values) for key in STANDARD}),
-       st.sampled_from([(", ", ": "), (",", ":")]), st.randoms())
-def test_what_it_takes_it_reads_like_json(scan, body, separators, rng):
-    keys = list(body)
-    rng.shuffle(keys)
+       st.sampled_from([(", ", ": "), (",", ":"), (" , ", " : "), (",\n ", ":\t")]),
+       st.booleans(), st.randoms())
+def test_what_it_takes_it_reads_like_json(scan, body, separators, celery_order, rng):
+    keys = list(body)  # STANDARD is Celery's order, which the scanner tries first
+    if not celery_order:
+        rng.shuffle(keys)
     raw = json.dumps({k: body[k] for k in keys}, separators=separators).encode()
     result = scan(raw)
     if result is None:  # only exponents (1e-05, 1e+16) fall outside here
