@@ -324,7 +324,7 @@ cdef enum:
     _K_PID, _K_ACTIVE, _K_PROCESSED, _K_LOADAVG, _K_SW_IDENT, _K_SW_VER, _K_SW_SYS
     _ALL_KEYS = 0x1FFF      # 13 standard keys
     _MAX_NUMBER = 24        # longest number literal we parse ourselves
-    _MAX_DIGITS = 19        # significant digits that always fit a uint64
+    _MAX_DIGITS = 19        # digits that always fit a uint64
     _MAX_DECIMALS = 22      # 10**22 is the largest power of ten a double holds exactly
 
 cdef struct Scan:
@@ -333,9 +333,9 @@ cdef struct Scan:
     double timestamp, freq
 
 cdef struct Number:
-    unsigned long long digits   # the significant digits as an integer, if they fit
-    int count                   # how many significant digits (not leading zeros)
-    int decimals                # how many digits after the point
+    unsigned long long digits   # all the digits as an integer (if count <= _MAX_DIGITS)
+    int count                   # how many digits, before and after the point
+    int decimals                # how many after the point
     bint negative, is_int
 
 cdef const char* _KEY_NAMES[13]
@@ -447,39 +447,38 @@ cdef inline Py_ssize_t _scan_string(const unsigned char* p, Py_ssize_t i) noexce
 cdef inline Py_ssize_t _scan_number(const unsigned char* p, Py_ssize_t i,
                                     Number* out) noexcept nogil:
     """A JSON number without exponent at p[i]: the index after it, or -1."""
-    cdef Py_ssize_t start = i
+    cdef Py_ssize_t start = i, first, point
+    # past _MAX_DIGITS digits this wraps around: then count says not to use it
     cdef unsigned long long digits = 0
-    cdef int count = 0, decimals = 0
     out.negative = p[i] == c'-'
     if out.negative:
         i += 1
+    first = i
     if not _DIGIT[p[i]]:
         return -1
     if p[i] == c'0':  # a leading 0 stands alone
         i += 1
     else:
         while _DIGIT[p[i]]:
-            if count < _MAX_DIGITS:
-                digits = digits * 10 + (p[i] - c'0')
-            count += 1
+            digits = digits * 10 + (p[i] - c'0')
             i += 1
     out.is_int = p[i] != c'.'
-    if not out.is_int:
+    if out.is_int:
+        out.count, out.decimals = <int>(i - first), 0
+    else:
+        point = i
         i += 1
         if not _DIGIT[p[i]]:
             return -1
         while _DIGIT[p[i]]:
-            if count or p[i] != c'0':  # the zeros of 0.00x are not significant
-                if count < _MAX_DIGITS:
-                    digits = digits * 10 + (p[i] - c'0')
-                count += 1
-            decimals += 1
+            digits = digits * 10 + (p[i] - c'0')
             i += 1
+        out.count, out.decimals = <int>(i - first - 1), <int>(i - point - 1)
     if p[i] == c'e' or p[i] == c'E':  # exponents: not ours
         return -1
     if i - start > _MAX_NUMBER:
         return -1
-    out.digits, out.count, out.decimals = digits, count, decimals
+    out.digits = digits
     return i
 
 
@@ -1287,7 +1286,7 @@ cdef class State:
 
 
 cdef enum:
-    _HOST_PROBES = 8        # slots a _HostIndex looks at for one name
+    _HOST_PROBES = 16       # slots a _HostIndex looks at for one name
     _HOST_MIN_SIZE = 64
 
 
@@ -1296,7 +1295,9 @@ cdef inline size_t _fnv1a(const char* p, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
         h = (h ^ <unsigned char>p[i]) * 1099511628211ULL
-    return <size_t>h
+    # the low bits, which pick the slot, depend on the low bits only: mix
+    # the high ones in
+    return <size_t>(h ^ (h >> 32))
 
 
 @cython.final
@@ -1349,14 +1350,11 @@ cdef class _HostIndex:
         for probe in range(_HOST_PROBES):
             slot = &self.slots[(i + probe) & (self.size - 1)]
             if slot[0] == NULL:
+                Py_INCREF(hostname)
+                slot[0] = <PyObject*>hostname
                 self.used += 1
-                break
-        else:  # no free slot near: the name takes its first one
-            slot = &self.slots[i & (self.size - 1)]
-            Py_DECREF(<object>slot[0])
-        Py_INCREF(hostname)
-        slot[0] = <PyObject*>hostname
-        return 0
+                return 0
+        return 0  # no free slot near: this name is not indexed
 
     cdef int reset(self, size_t size) except -1:
         """Drop every entry; then hold *size* (a power of two, or 0) slots."""
