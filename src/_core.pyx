@@ -1373,6 +1373,26 @@ cdef class _HostIndex:
         return 0
 
 
+cdef enum:
+    _FEW_HANDLERS = 4
+
+
+cdef object _handler_for(dict handlers, str key):
+    """``handlers.get(key)``.  Gossip has two handlers: comparing *key* (a
+    new str per message) with their keys costs less than hashing it."""
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* name
+    cdef PyObject* handler
+    if len(handlers) > _FEW_HANDLERS:
+        return handlers.get(key)
+    while PyDict_Next(handlers, &pos, &name, &handler):
+        if type(<object>name) is not str:  # its __eq__ decides: let the dict ask
+            return handlers.get(key)
+        if gf_str_equal(<object>name, key):
+            return <object>handler
+    return None
+
+
 cdef inline bint _is_task_key(str key):
     """*key* is ``task`` or starts with ``task.`` (a task message)."""
     cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
@@ -1691,7 +1711,7 @@ cdef class Receiver:
             return None
         handlers = self._event_handlers
         if type(handlers) is dict:
-            handler = (<dict>handlers).get(routing_key)
+            handler = _handler_for(<dict>handlers, <str>routing_key)
         else:
             handler = handlers.get(routing_key)
         if handler is not None:

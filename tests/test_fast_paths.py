@@ -152,3 +152,35 @@ def test_known_name_with_another_header_or_own(gossip, fast_prepare):
     clock = gossip.clock.value
     gossip.on_message(fast_prepare, wire.heartbeat("a@x", clock=3))
     assert gossip.state.workers["a@x"].clock == 1 and gossip.clock.value == clock + 1
+
+
+# -- the event handlers: looked up by comparing a few keys --------------------
+
+class AnyCase(str):
+    """A key that matches its name in any case, as a dict lookup asks it."""
+
+    def __hash__(self):
+        return hash(self.lower())
+
+    def __eq__(self, other):
+        return isinstance(other, str) and self.lower() == other.lower()
+
+
+def test_event_handler_lookup(gossip, fast_prepare):
+    seen = []
+    handlers = gossip.event_handlers
+    handlers["worker.heartbeat"] = seen.append  # takes it from the state
+    gossip.on_message(fast_prepare, wire.heartbeat("a@x"))
+    assert [event["hostname"] for event in seen] == ["a@x"] and gossip.state.workers == {}
+    del handlers["worker.heartbeat"]
+    for i in range(6):  # more than a few
+        handlers[f"worker.custom{i}"] = seen.append
+    gossip.on_message(fast_prepare, wire.event("worker-custom5", "b@x"))
+    for i in range(6):
+        del handlers[f"worker.custom{i}"]
+    handlers[AnyCase("WORKER.Custom")] = seen.append
+    handlers[7] = None
+    gossip.on_message(fast_prepare, wire.event("worker-custom", "c@x"))
+    gossip.on_message(fast_prepare, wire.heartbeat("d@x"))
+    assert [event["hostname"] for event in seen] == ["a@x", "b@x", "c@x"]
+    assert list(gossip.state.workers) == ["d@x"]
