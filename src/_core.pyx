@@ -16,7 +16,7 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.unicode cimport (PyUnicode_CheckExact, PyUnicode_DATA, PyUnicode_GET_LENGTH,
                               PyUnicode_READ_CHAR)
 from libc.math cimport ldexp
-from libc.string cimport memchr, memcmp, memcpy, memset, strlen
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 import heapq
 import threading
@@ -351,25 +351,40 @@ cdef bint _DIGIT[256]
 # 5**k and 10.0**k for k <= _MAX_DECIMALS, all exact
 cdef unsigned long long _POW5[_MAX_DECIMALS + 1]
 cdef double _POW10[_MAX_DECIMALS + 1]
-# Celery writes the keys in one order, each as '"<key>": '.  The scanner
-# first tries the bytes of that fragment for the key that comes next in it
-# (two 8-byte words compared under a mask), and parses a key as a string
-# only when they differ.
+# Celery writes the keys in one order and the same bytes between them:
+# '{"hostname": ' opens the body and ', "<key>": ' comes before every other
+# key.  The scanner first tries the fragment that comes next in that layout
+# (two 8-byte words compared under a mask), and reads the separator and the
+# key one by one only when it differs.  Fragment k is the one before key k;
+# _F_OPEN is the opening one, and after the last key none is expected.
+cdef enum:
+    _F_OPEN = 13
+    _F_NONE = -1
 cdef int _CELERY_ORDER[13]
 _CELERY_ORDER[:] = [_K_HOSTNAME, _K_UTCOFFSET, _K_PID, _K_CLOCK, _K_FREQ, _K_ACTIVE,
                     _K_PROCESSED, _K_LOADAVG, _K_SW_IDENT, _K_SW_VER, _K_SW_SYS,
                     _K_TIMESTAMP, _K_TYPE]
-cdef int _NEXT_KEY[13]
-cdef unsigned long long _FRAGMENT[13][2]
-cdef unsigned long long _FRAGMENT_MASK[13][2]
-cdef Py_ssize_t _FRAGMENT_LENGTH[13]
+cdef int _NEXT_FRAGMENT[13]  # by key
+cdef unsigned long long _FRAGMENT[14][2]
+cdef unsigned long long _FRAGMENT_MASK[14][2]
+cdef Py_ssize_t _FRAGMENT_LENGTH[14]
+
+
+cdef void _set_fragment(int f, bytes text) noexcept:
+    cdef unsigned char fragment[16]
+    cdef unsigned char mask[16]
+    cdef Py_ssize_t length = len(text)  # at most 16
+    memset(fragment, 0, 16)
+    memset(mask, 0, 16)
+    memcpy(fragment, <char*>text, length)
+    memset(mask, 0xFF, length)
+    memcpy(_FRAGMENT[f], fragment, 16)
+    memcpy(_FRAGMENT_MASK[f], mask, 16)
+    _FRAGMENT_LENGTH[f] = length
 
 
 cdef void _init_scanner_tables() noexcept:
     cdef int c, k
-    cdef Py_ssize_t length
-    cdef unsigned char fragment[16]
-    cdef unsigned char mask[16]
     for c in range(256):
         _PLAIN[c] = 32 <= c <= 126 and c != c'"' and c != c'\\'
         _SPACE[c] = c == c' ' or c == c'\n' or c == c'\r' or c == c'\t'
@@ -380,17 +395,9 @@ cdef void _init_scanner_tables() noexcept:
         _POW10[k] = _POW10[k - 1] * 10.0
     for c in range(13):
         k = _CELERY_ORDER[c]
-        _NEXT_KEY[k] = _CELERY_ORDER[(c + 1) % 13]
-        length = strlen(_KEY_NAMES[k]) + 4
-        memset(fragment, 0, 16)
-        memset(mask, 0, 16)
-        fragment[0] = c'"'
-        memcpy(fragment + 1, _KEY_NAMES[k], length - 4)
-        memcpy(fragment + length - 3, b'": ', 3)
-        memset(mask, 0xFF, length)
-        memcpy(_FRAGMENT[k], fragment, 16)
-        memcpy(_FRAGMENT_MASK[k], mask, 16)
-        _FRAGMENT_LENGTH[k] = length
+        _NEXT_FRAGMENT[k] = _CELERY_ORDER[c + 1] if c < 12 else _F_NONE
+        _set_fragment(k, b', "' + <bytes>_KEY_NAMES[k] + b'": ')
+    _set_fragment(_F_OPEN, b'{"' + <bytes>_KEY_NAMES[_CELERY_ORDER[0]] + b'": ')
 
 
 _init_scanner_tables()
@@ -419,15 +426,15 @@ cdef extern from *:
 
 
 cdef inline bint _at_fragment(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
-                              int k) noexcept nogil:
-    """p[i:] starts with the fragment of key *k*."""
+                              int f) noexcept nogil:
+    """p[i:] starts with fragment *f* (see _FRAGMENT)."""
     cdef unsigned long long a, b
-    if i + 16 > n:
+    if f == _F_NONE or i + 16 > n:
         return False
     memcpy(&a, p + i, 8)
     memcpy(&b, p + i + 8, 8)
-    return (((a ^ _FRAGMENT[k][0]) & _FRAGMENT_MASK[k][0])
-            | ((b ^ _FRAGMENT[k][1]) & _FRAGMENT_MASK[k][1])) == 0
+    return (((a ^ _FRAGMENT[f][0]) & _FRAGMENT_MASK[f][0])
+            | ((b ^ _FRAGMENT[f][1]) & _FRAGMENT_MASK[f][1])) == 0
 
 
 cdef inline Py_ssize_t _skip_ws(const unsigned char* p, Py_ssize_t i) noexcept nogil:
@@ -615,17 +622,21 @@ cdef inline int _key_index(const unsigned char* p, Py_ssize_t length) noexcept n
 cdef bint scan_standard(bytes body, Scan* out) except -1:
     """True if *body* is a standard event body (see above); fills *out*."""
     cdef const unsigned char* p = <const unsigned char*><char*>body
-    cdef Py_ssize_t n = len(body), i = _skip_ws(p, 0), end
-    cdef int k, seen = 0, expected = _CELERY_ORDER[0]
+    cdef Py_ssize_t n = len(body), i = 0, end
+    cdef int k, seen = 0, expected = _F_OPEN
     cdef Number num
-    if p[i] != c'{':
-        return False
-    i = _skip_ws(p, i + 1)
     while True:
+        # i: at the start, or just after a value
         if _at_fragment(p, i, n, expected):
-            k = expected
-            i += _FRAGMENT_LENGTH[k]
+            k = _CELERY_ORDER[0] if expected == _F_OPEN else expected
+            i += _FRAGMENT_LENGTH[expected]
         else:
+            i = _skip_ws(p, i)
+            if p[i] == c'}' and seen:
+                return seen == _ALL_KEYS and _skip_ws(p, i + 1) == n
+            if p[i] != (c',' if seen else c'{'):
+                return False
+            i = _skip_ws(p, i + 1)
             if p[i] != c'"':
                 return False
             end = _scan_string(p, i)
@@ -641,7 +652,7 @@ cdef bint scan_standard(bytes body, Scan* out) except -1:
         if seen & (1 << k):
             return False
         seen |= 1 << k
-        expected = _NEXT_KEY[k]
+        expected = _NEXT_FRAGMENT[k]
         i = _skip_ws(p, i)
         if k == _K_HOSTNAME or k == _K_TYPE:
             if p[i] != c'"':
@@ -669,13 +680,7 @@ cdef bint scan_standard(bytes body, Scan* out) except -1:
             end = _scan_value(p, i, n)
             if end < 0:
                 return False
-        i = _skip_ws(p, end)
-        if p[i] == c',':
-            i = _skip_ws(p, i + 1)
-            continue
-        if p[i] == c'}':
-            return seen == _ALL_KEYS and _skip_ws(p, i + 1) == n
-        return False
+        i = end
 
 
 cdef object _MISSING = object()

@@ -64,6 +64,8 @@ def test_outside_the_subset_is_left_alone(scan, body):
 @pytest.mark.parametrize("old, new", [
     (b'"pid": ', b'"pid" : '), (b'"pid": ', b'"pid":  '), (b'"pid": ', b'"pid":'),
     (b'"pid": ', b'"pid":\n'), (b'"clock": ', b' "clock": '), (b'{"hostname"', b'{ "hostname"'),
+    (b'{"hostname"', b' \n{"hostname"'), (b', "pid"', b' , "pid"'), (b', "pid"', b',"pid"'),
+    (b'"}', b'" }\n'),
 ])
 def test_celery_layout_with_other_whitespace(scan, old, new):
     body = json.dumps(standard()).encode()
