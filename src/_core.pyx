@@ -151,18 +151,19 @@ def _init_message_offsets():
 _init_message_offsets()
 
 
+cdef object _owner(type kind, str name):
+    """The first class of *kind*'s MRO that defines *name*."""
+    return next(c for c in kind.__mro__ if name in c.__dict__)
+
+
 cdef bint _slotted(type kind) except -1:
     """True if instances of *kind* (a kombu Message class) read the
-    attributes of _MESSAGE_SLOTS from Message's slots."""
+    attributes of _MESSAGE_SLOTS from Message's slots: no attribute hook
+    of its own, and Message defines each of them first in its MRO."""
     found = _slotted_classes.get(kind)
     if found is None:
-        found = _OFF_BODY != 0 and gf_generic_getattr(kind)
-        for name in _MESSAGE_SLOTS:
-            if not found:
-                break
-            # the first class of the MRO that defines it must be Message
-            owner = next(c for c in kind.__mro__ if name in c.__dict__)
-            found = owner is Message
+        found = (_OFF_BODY != 0 and gf_generic_getattr(kind)
+                 and all(_owner(kind, name) is Message for name in _MESSAGE_SLOTS))
         _slotted_classes[kind] = found
     return found
 
@@ -1730,7 +1731,7 @@ cdef class Receiver:
                 and self._update_state is self.state_event):
             if message is not None:
                 raw = self.message_raw(message)
-                if raw is not None:  # message_raw found it slotted, or not
+                if raw is not None:  # read as message_raw read the rest
                     headers = (_slot(message, _OFF_HEADERS)
                                if type(message) is self._message_type
                                else message.headers)
