@@ -11,8 +11,12 @@ Python methods wherever it can.
 cimport cython
 from cpython.dict cimport PyDict_Next
 from cpython.object cimport PyObject
-from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
-from libc.string cimport memchr, memcmp, memcpy
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.unicode cimport (PyUnicode_CheckExact, PyUnicode_DATA, PyUnicode_GET_LENGTH,
+                              PyUnicode_READ_CHAR)
+from libc.math cimport ldexp
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 import heapq
 import threading
@@ -110,6 +114,59 @@ def _init_offsets():
 
 _init_offsets()
 
+
+# kombu's Message keeps the attributes the hot path reads of every message
+# in slots of its own (``Message.__slots__``).  For a message class that
+# resolves them to those slots, reading one is a load at the slot's offset
+# too, exact because a slot is a data descriptor (an instance ``__dict__``
+# cannot shadow it) and an unset one raises AttributeError as getattr would.
+# Each class is checked once (:func:`_slotted`); others use getattr.
+cdef tuple _MESSAGE_SLOTS = ('body', 'content_type', 'content_encoding',
+                             'headers', 'delivery_info')
+cdef Py_ssize_t _OFF_BODY = 0, _OFF_CONTENT_TYPE = 0, _OFF_CONTENT_ENCODING = 0
+cdef Py_ssize_t _OFF_HEADERS = 0, _OFF_DELIVERY_INFO = 0
+cdef dict _slotted_classes = {}  # message class -> bool
+
+cdef extern from *:
+    """
+    /* Attribute lookup of *type*'s instances is object's own (no
+       __getattribute__ or __getattr__ of a Python class). */
+    static int gf_generic_getattr(PyObject* type) {
+        return ((PyTypeObject*)type)->tp_getattro == PyObject_GenericGetAttr;
+    }
+    """
+    bint gf_generic_getattr(object type)
+
+
+def _init_message_offsets():
+    global _OFF_BODY, _OFF_CONTENT_TYPE, _OFF_CONTENT_ENCODING, _OFF_HEADERS
+    global _OFF_DELIVERY_INFO
+    offsets = [_member_offset(Message, name) for name in _MESSAGE_SLOTS]
+    if all(offsets):
+        (_OFF_BODY, _OFF_CONTENT_TYPE, _OFF_CONTENT_ENCODING, _OFF_HEADERS,
+         _OFF_DELIVERY_INFO) = offsets
+    return all(offsets)
+
+
+_init_message_offsets()
+
+
+cdef object _owner(type kind, str name):
+    """The first class of *kind*'s MRO that defines *name*."""
+    return next(c for c in kind.__mro__ if name in c.__dict__)
+
+
+cdef bint _slotted(type kind) except -1:
+    """True if instances of *kind* (a kombu Message class) read the
+    attributes of _MESSAGE_SLOTS from Message's slots: no attribute hook
+    of its own, and Message defines each of them first in its MRO."""
+    found = _slotted_classes.get(kind)
+    if found is None:
+        found = (_OFF_BODY != 0 and gf_generic_getattr(kind)
+                 and all(_owner(kind, name) is Message for name in _MESSAGE_SLOTS))
+        _slotted_classes[kind] = found
+    return found
+
 __all__ = ('Clock', 'Worker', 'State', 'Receiver', 'MAX_PEER_CLOCK', 'REJECTED',
            'RESERVED_FIELDS', 'SLOTS_PER_SECOND', 'MAX_FREQ')
 
@@ -146,6 +203,7 @@ cdef extern from "Python.h":
     object PyObject_GenericGetDict(object obj, void* context)
     int PyObject_GenericSetAttr(object obj, object name, object value) except -1
     object PyUnicode_DecodeASCII(const char* s, Py_ssize_t size, const char* errors)
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
     double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow) except? -1.0
 
 cdef dict _DEFAULTS = dict(DEFAULT_FIELDS)
@@ -157,6 +215,43 @@ cdef object _REJECTED = REJECTED
 cdef object _time = time.time
 cdef object _heappush = heapq.heappush
 cdef object _heappop = heapq.heappop
+
+
+cdef extern from *:
+    """
+    /* a == b for two exact strs; compact ones (every str but a legacy,
+       perhaps not ready, one of 3.10/3.11) by length, kind and bytes,
+       which for equal strs are equal. */
+    static int gf_str_equal(PyObject* a, PyObject* b) {
+        if (a == b)
+            return 1;
+        if (PyUnicode_IS_COMPACT(a) && PyUnicode_IS_COMPACT(b))
+            return (PyUnicode_GET_LENGTH(a) == PyUnicode_GET_LENGTH(b)
+                    && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+                    && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b),
+                              PyUnicode_GET_LENGTH(a) * PyUnicode_KIND(a)) == 0);
+        int order = PyUnicode_Compare(a, b);
+        if (order == -1 && PyErr_Occurred())
+            return -1;
+        return order == 0;
+    }
+    """
+    int gf_str_equal(object a, object b) except -1
+
+
+# ``a == b`` and ``a != b`` as Python evaluates them; for two exact strs
+# without the call (Cython's compares them with PyUnicode_Compare, which
+# orders them).
+cdef inline bint _eq(object a, object b) except -1:
+    if type(a) is str and type(b) is str:
+        return gf_str_equal(a, b)
+    return a == b
+
+
+cdef inline bint _ne(object a, object b) except -1:
+    if type(a) is str and type(b) is str:
+        return not gf_str_equal(a, b)
+    return a != b
 
 
 cdef inline bint valid_peer_clock_c(object value):
@@ -219,149 +314,351 @@ cdef bint has_type_marker(bytes data):
 # worker entry keeps the raw bytes and decodes them (with msgspec, exactly as
 # the general path would) only when someone reads its other attributes.
 # Anything outside the subset goes to the msgspec/kombu path.
+#
+# It reads a bytes object's buffer, which CPython always ends with a NUL
+# byte: no table below takes NUL, so every loop stops at the end without a
+# bounds check of its own.
 
 cdef enum:
-    _K_HOSTNAME = 0
-    _K_TYPE = 1
-    _K_CLOCK = 2
-    _K_TIMESTAMP = 3
-    _K_FREQ = 4
-    _K_OTHER = 5
+    # the standard keys, in the order of _KEY_NAMES
+    _K_HOSTNAME, _K_TYPE, _K_CLOCK, _K_TIMESTAMP, _K_FREQ, _K_UTCOFFSET,
+    _K_PID, _K_ACTIVE, _K_PROCESSED, _K_LOADAVG, _K_SW_IDENT, _K_SW_VER, _K_SW_SYS
     _ALL_KEYS = 0x1FFF      # 13 standard keys
     _MAX_NUMBER = 24        # longest number literal we parse ourselves
+    _MAX_DIGITS = 19        # digits that always fit a uint64
+    _MAX_DECIMALS = 22      # 10**22 is the largest power of ten a double holds exactly
 
 cdef struct Scan:
     Py_ssize_t host_start, host_end, type_start, type_end
     long long clock
     double timestamp, freq
 
+cdef struct Number:
+    unsigned long long digits   # all the digits as an integer (if count <= _MAX_DIGITS)
+    int count                   # how many digits, before and after the point
+    int decimals                # how many after the point
+    bint negative, is_int
+
 cdef const char* _KEY_NAMES[13]
 _KEY_NAMES[:] = [b"hostname", b"type", b"clock", b"timestamp", b"freq",
                  b"utcoffset", b"pid", b"active", b"processed", b"loadavg",
                  b"sw_ident", b"sw_ver", b"sw_sys"]
-cdef Py_ssize_t _KEY_LENGTHS[13]
-_KEY_LENGTHS[:] = [8, 4, 5, 9, 4, 9, 3, 6, 9, 7, 8, 6, 6]
+
+# Byte classes: inside a string of the subset (printable ASCII but '"' and
+# '\\'), JSON whitespace, digits.
+cdef bint _PLAIN[256]
+cdef bint _SPACE[256]
+cdef bint _DIGIT[256]
+# 5**k and 10.0**k for k <= _MAX_DECIMALS, all exact
+cdef unsigned long long _POW5[_MAX_DECIMALS + 1]
+cdef double _POW10[_MAX_DECIMALS + 1]
+# Celery writes the keys in one order and the same bytes between them:
+# '{"hostname": ' opens the body and ', "<key>": ' comes before every other
+# key.  The scanner first tries the fragment that comes next in that layout
+# (two 8-byte words compared under a mask), and reads the separator and the
+# key one by one only when it differs.  Fragment k is the one before key k;
+# _F_OPEN is the opening one, and after the last key none is expected.
+cdef enum:
+    _F_OPEN = 13
+    _F_NONE = -1
+cdef int _CELERY_ORDER[13]
+_CELERY_ORDER[:] = [_K_HOSTNAME, _K_UTCOFFSET, _K_PID, _K_CLOCK, _K_FREQ, _K_ACTIVE,
+                    _K_PROCESSED, _K_LOADAVG, _K_SW_IDENT, _K_SW_VER, _K_SW_SYS,
+                    _K_TIMESTAMP, _K_TYPE]
+cdef int _NEXT_FRAGMENT[13]  # by key
+cdef unsigned long long _FRAGMENT[14][2]
+cdef unsigned long long _FRAGMENT_MASK[14][2]
+cdef Py_ssize_t _FRAGMENT_LENGTH[14]
 
 
-cdef inline Py_ssize_t _skip_ws(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    while i < n and (p[i] == 32 or p[i] == 10 or p[i] == 13 or p[i] == 9):
+cdef void _set_fragment(int f, bytes text) noexcept:
+    cdef unsigned char fragment[16]
+    cdef unsigned char mask[16]
+    cdef Py_ssize_t length = len(text)  # at most 16
+    memset(fragment, 0, 16)
+    memset(mask, 0, 16)
+    memcpy(fragment, <char*>text, length)
+    memset(mask, 0xFF, length)
+    memcpy(_FRAGMENT[f], fragment, 16)
+    memcpy(_FRAGMENT_MASK[f], mask, 16)
+    _FRAGMENT_LENGTH[f] = length
+
+
+cdef void _init_scanner_tables() noexcept:
+    cdef int c, k
+    for c in range(256):
+        _PLAIN[c] = 32 <= c <= 126 and c != c'"' and c != c'\\'
+        _SPACE[c] = c == c' ' or c == c'\n' or c == c'\r' or c == c'\t'
+        _DIGIT[c] = c'0' <= c <= c'9'
+    _POW5[0], _POW10[0] = 1, 1.0
+    for k in range(1, _MAX_DECIMALS + 1):
+        _POW5[k] = _POW5[k - 1] * 5
+        _POW10[k] = _POW10[k - 1] * 10.0
+    for c in range(13):
+        k = _CELERY_ORDER[c]
+        _NEXT_FRAGMENT[k] = _CELERY_ORDER[c + 1] if c < 12 else _F_NONE
+        _set_fragment(k, b', "' + <bytes>_KEY_NAMES[k] + b'": ')
+    _set_fragment(_F_OPEN, b'{"' + <bytes>_KEY_NAMES[_CELERY_ORDER[0]] + b'": ')
+
+
+_init_scanner_tables()
+
+
+cdef extern from *:
+    """
+    #include <float.h>
+    /* True where double arithmetic rounds to double (SSE2), not to x87's
+       extended precision: a division of two exact doubles is then a single
+       correctly rounded operation. */
+    #define GF_DOUBLE_EVAL (FLT_EVAL_METHOD == 0)
+
+    static inline int gf_bit_length(unsigned long long x) {
+    #if defined(__GNUC__) || defined(__clang__)
+        return x ? 64 - __builtin_clzll(x) : 0;
+    #else
+        int n = 0;
+        while (x) { x >>= 1; n++; }
+        return n;
+    #endif
+    }
+    """
+    const bint GF_DOUBLE_EVAL
+    int gf_bit_length(unsigned long long x) noexcept nogil
+
+
+cdef inline bint _at_fragment(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                              int f) noexcept nogil:
+    """p[i:] starts with fragment *f* (see _FRAGMENT)."""
+    cdef unsigned long long a, b
+    if f == _F_NONE or i + 16 > n:
+        return False
+    memcpy(&a, p + i, 8)
+    memcpy(&b, p + i + 8, 8)
+    return (((a ^ _FRAGMENT[f][0]) & _FRAGMENT_MASK[f][0])
+            | ((b ^ _FRAGMENT[f][1]) & _FRAGMENT_MASK[f][1])) == 0
+
+
+cdef inline Py_ssize_t _skip_ws(const unsigned char* p, Py_ssize_t i) noexcept nogil:
+    while _SPACE[p[i]]:
         i += 1
     return i
 
 
-cdef inline Py_ssize_t _scan_string(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+cdef inline Py_ssize_t _scan_string(const unsigned char* p, Py_ssize_t i) noexcept nogil:
     """p[i] is '"': the index after the closing quote, or -1."""
-    cdef unsigned char c
     i += 1
-    while i < n:
-        c = <unsigned char>p[i]
-        if c == 34:  # '"'
-            return i + 1
-        if c < 32 or c > 126 or c == 92:  # control, non-ASCII, backslash
-            return -1
+    while _PLAIN[p[i]]:
         i += 1
-    return -1
+    return i + 1 if p[i] == c'"' else -1
 
 
-cdef inline Py_ssize_t _scan_number(const char* p, Py_ssize_t i, Py_ssize_t n,
-                                    bint* is_int) noexcept nogil:
+cdef inline Py_ssize_t _scan_number(const unsigned char* p, Py_ssize_t i,
+                                    Number* out) noexcept nogil:
     """A JSON number without exponent at p[i]: the index after it, or -1."""
-    cdef Py_ssize_t start = i
-    is_int[0] = True
-    if i < n and p[i] == 45:  # '-'
+    cdef Py_ssize_t start = i, first, point
+    # past _MAX_DIGITS digits this wraps around: then count says not to use it
+    cdef unsigned long long digits = 0
+    out.negative = p[i] == c'-'
+    if out.negative:
         i += 1
-    if i >= n or not (48 <= p[i] <= 57):
+    first = i
+    if not _DIGIT[p[i]]:
         return -1
-    if p[i] == 48:  # a leading 0 stands alone
+    if p[i] == c'0':  # a leading 0 stands alone
         i += 1
     else:
-        while i < n and 48 <= p[i] <= 57:
+        while _DIGIT[p[i]]:
+            digits = digits * 10 + (p[i] - c'0')
             i += 1
-    if i < n and p[i] == 46:  # '.'
-        is_int[0] = False
+    out.is_int = p[i] != c'.'
+    if out.is_int:
+        out.count, out.decimals = <int>(i - first), 0
+    else:
+        point = i
         i += 1
-        if i >= n or not (48 <= p[i] <= 57):
+        if not _DIGIT[p[i]]:
             return -1
-        while i < n and 48 <= p[i] <= 57:
+        while _DIGIT[p[i]]:
+            digits = digits * 10 + (p[i] - c'0')
             i += 1
-    if i < n and (p[i] == 101 or p[i] == 69):  # exponents: not ours
+        out.count, out.decimals = <int>(i - first - 1), <int>(i - point - 1)
+    if p[i] == c'e' or p[i] == c'E':  # exponents: not ours
         return -1
     if i - start > _MAX_NUMBER:
         return -1
+    out.digits = digits
     return i
 
 
-cdef inline Py_ssize_t _scan_scalar(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    cdef bint is_int
-    if i >= n:
-        return -1
-    if p[i] == 34:
-        return _scan_string(p, i, n)
-    if p[i] == 116 and i + 4 <= n and memcmp(p + i, b"true", 4) == 0:
+cdef inline double _scaled_down(unsigned long long w, int k) noexcept nogil:
+    """``w / 10**k`` correctly rounded (to nearest, ties to even), for
+    ``2**53 < w < 2**64`` and ``k <= _MAX_DECIMALS``, in exact integers.
+
+    ``w / 10**k == (w / 5**k) * 2**-k``: the quotient ``q`` of ``w * 2**s``
+    by ``5**k`` is taken with 54 or 55 bits, and its bits below the 53 of a
+    double, with the remainder ``r``, decide the rounding.  Long division
+    shifts in as many bits at a time as keep ``r << step`` below 2**63.
+    """
+    cdef unsigned long long d = _POW5[k], q = w // d, r = w % d, low, half
+    cdef int bits_d = gf_bit_length(d), scale, s, step, shift
+    scale = 54 + bits_d - gf_bit_length(w)  # w * 2**scale / d >= 2**53
+    if scale < 0:
+        scale = 0
+    s = scale
+    while s > 0:
+        step = s if s < 63 - bits_d else 63 - bits_d
+        r <<= step
+        q = (q << step) | (r // d)
+        r %= d
+        s -= step
+    shift = gf_bit_length(q) - 53  # >= 1
+    low = q & ((1ULL << shift) - 1)
+    half = 1ULL << (shift - 1)
+    q >>= shift
+    if low > half or (low == half and (r != 0 or q & 1)):
+        q += 1  # q <= 2**53: still exact as a double
+    return ldexp(<double>q, shift - scale - k)
+
+
+cdef inline bint _exact_double(const Number* num, double* out) noexcept nogil:
+    """The double nearest to *num* (as float() of its literal), if its
+    digits are few enough for :func:`_scaled_down` or a single division."""
+    cdef double value
+    if num.count > _MAX_DIGITS or num.decimals > _MAX_DECIMALS:
+        return False
+    if num.digits == 0:
+        value = 0.0
+    elif num.digits <= (1ULL << 53):  # both operands exact: one rounding
+        if not GF_DOUBLE_EVAL:
+            return False
+        value = <double>num.digits / _POW10[num.decimals]
+    else:
+        value = _scaled_down(num.digits, num.decimals)
+    out[0] = -value if num.negative else value
+    return True
+
+
+cdef double _number_value(const unsigned char* p, Py_ssize_t start, Py_ssize_t end,
+                          const Number* num) except? -1.0:
+    """float() of the literal p[start:end] that :func:`_scan_number` read."""
+    cdef double value
+    cdef char text[_MAX_NUMBER + 1]
+    if _exact_double(num, &value):
+        return value
+    # locale-independent and correctly rounded, like float(); our literals
+    # are short and have no exponent, so it cannot overflow
+    memcpy(text, p + start, end - start)
+    text[end - start] = 0
+    return PyOS_string_to_double(text, NULL, NULL)
+
+
+cdef inline Py_ssize_t _scan_scalar(const unsigned char* p, Py_ssize_t i,
+                                    Py_ssize_t n) noexcept nogil:
+    cdef Number num
+    cdef unsigned char c = p[i]
+    if c == c'"':
+        return _scan_string(p, i)
+    if c == c't' and i + 4 <= n and memcmp(p + i, b"true", 4) == 0:
         return i + 4
-    if p[i] == 102 and i + 5 <= n and memcmp(p + i, b"false", 5) == 0:
+    if c == c'f' and i + 5 <= n and memcmp(p + i, b"false", 5) == 0:
         return i + 5
-    if p[i] == 110 and i + 4 <= n and memcmp(p + i, b"null", 4) == 0:
+    if c == c'n' and i + 4 <= n and memcmp(p + i, b"null", 4) == 0:
         return i + 4
-    return _scan_number(p, i, n, &is_int)
+    return _scan_number(p, i, &num)
 
 
-cdef inline Py_ssize_t _scan_value(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    if i < n and p[i] == 91:  # '[': a flat list of scalars
-        i = _skip_ws(p, i + 1, n)
-        if i < n and p[i] == 93:
+cdef inline Py_ssize_t _scan_value(const unsigned char* p, Py_ssize_t i,
+                                   Py_ssize_t n) noexcept nogil:
+    if p[i] == c'[':  # a flat list of scalars
+        i = _skip_ws(p, i + 1)
+        if p[i] == c']':
             return i + 1
         while True:
             i = _scan_scalar(p, i, n)
             if i < 0:
                 return -1
-            i = _skip_ws(p, i, n)
-            if i < n and p[i] == 44:
-                i = _skip_ws(p, i + 1, n)
+            i = _skip_ws(p, i)
+            if p[i] == c',':
+                i = _skip_ws(p, i + 1)
                 continue
-            if i < n and p[i] == 93:
+            if p[i] == c']':
                 return i + 1
             return -1
     return _scan_scalar(p, i, n)
 
 
-cdef inline int _key_index(const char* p, Py_ssize_t length) noexcept nogil:
-    cdef int k
-    for k in range(13):
-        if _KEY_LENGTHS[k] == length and memcmp(p, _KEY_NAMES[k], length) == 0:
-            return k
-    return -1
+cdef inline int _key_index(const unsigned char* p, Py_ssize_t length) noexcept nogil:
+    """Which standard key p[:length] is, or -1.
+
+    The length and the first byte name the only candidate (sw_ver and sw_sys
+    differ in the fourth); one comparison confirms it.
+    """
+    cdef int k = -1
+    cdef Py_ssize_t j
+    cdef unsigned char c = p[0]
+    if length == 3:
+        k = _K_PID if c == c'p' else -1
+    elif length == 4:
+        k = _K_TYPE if c == c't' else _K_FREQ if c == c'f' else -1
+    elif length == 5:
+        k = _K_CLOCK if c == c'c' else -1
+    elif length == 6:
+        k = (_K_ACTIVE if c == c'a' else
+             (_K_SW_VER if p[3] == c'v' else _K_SW_SYS) if c == c's' else -1)
+    elif length == 7:
+        k = _K_LOADAVG if c == c'l' else -1
+    elif length == 8:
+        k = _K_HOSTNAME if c == c'h' else _K_SW_IDENT if c == c's' else -1
+    elif length == 9:
+        k = (_K_TIMESTAMP if c == c't' else _K_UTCOFFSET if c == c'u' else
+             _K_PROCESSED if c == c'p' else -1)
+    if k < 0:
+        return -1
+    for j in range(1, length):
+        if p[j] != <unsigned char>_KEY_NAMES[k][j]:
+            return -1
+    return k
 
 
-cdef bint scan_standard(const char* p, Py_ssize_t n, Scan* out) except -1:
-    """True if p[:n] is a standard event body (see above); fills *out*."""
-    cdef Py_ssize_t i = _skip_ws(p, 0, n), key_start, end
-    cdef int k, seen = 0
-    cdef bint is_int
-    cdef long long clock
-    cdef char number[_MAX_NUMBER + 1]
-    if i >= n or p[i] != 123:  # '{'
-        return False
-    i = _skip_ws(p, i + 1, n)
+cdef bint scan_standard(bytes body, Scan* out) except -1:
+    """True if *body* is a standard event body (see above); fills *out*."""
+    cdef const unsigned char* p = <const unsigned char*><char*>body
+    cdef Py_ssize_t n = len(body), i = 0, end
+    cdef int k, seen = 0, expected = _F_OPEN
+    cdef Number num
     while True:
-        if i >= n or p[i] != 34:
-            return False
-        key_start = i + 1
-        end = _scan_string(p, i, n)
-        if end < 0:
-            return False
-        k = _key_index(p + key_start, end - 1 - key_start)
-        if k < 0 or seen & (1 << k):
+        # i: at the start, or just after a value
+        if _at_fragment(p, i, n, expected):
+            k = _CELERY_ORDER[0] if expected == _F_OPEN else expected
+            i += _FRAGMENT_LENGTH[expected]
+        else:
+            i = _skip_ws(p, i)
+            if p[i] == c'}' and seen:
+                return seen == _ALL_KEYS and _skip_ws(p, i + 1) == n
+            if p[i] != (c',' if seen else c'{'):
+                return False
+            i = _skip_ws(p, i + 1)
+            if p[i] != c'"':
+                return False
+            end = _scan_string(p, i)
+            if end < 0:
+                return False
+            k = _key_index(p + i + 1, end - 2 - i)
+            if k < 0:
+                return False
+            i = _skip_ws(p, end)
+            if p[i] != c':':
+                return False
+            i += 1
+        if seen & (1 << k):
             return False
         seen |= 1 << k
-        i = _skip_ws(p, end, n)
-        if i >= n or p[i] != 58:  # ':'
-            return False
-        i = _skip_ws(p, i + 1, n)
+        expected = _NEXT_FRAGMENT[k]
+        i = _skip_ws(p, i)
         if k == _K_HOSTNAME or k == _K_TYPE:
-            if i >= n or p[i] != 34:
+            if p[i] != c'"':
                 return False
-            end = _scan_string(p, i, n)
+            end = _scan_string(p, i)
             if end < 0:
                 return False
             if k == _K_HOSTNAME:
@@ -369,41 +666,22 @@ cdef bint scan_standard(const char* p, Py_ssize_t n, Scan* out) except -1:
             else:
                 out.type_start, out.type_end = i + 1, end - 1
         elif k == _K_CLOCK or k == _K_TIMESTAMP or k == _K_FREQ:
-            end = _scan_number(p, i, n, &is_int)
+            end = _scan_number(p, i, &num)
             if end < 0:
                 return False
             if k == _K_CLOCK:
-                if not is_int or p[i] == 45 or end - i > 18:
+                if not num.is_int or num.negative or num.count > 18:
                     return False
-                clock = 0
-                while i < end:
-                    clock = clock * 10 + (p[i] - 48)
-                    i += 1
-                out.clock = clock
+                out.clock = <long long>num.digits
+            elif k == _K_TIMESTAMP:
+                out.timestamp = _number_value(p, i, end, &num)
             else:
-                memcpy(number, p + i, end - i)
-                number[end - i] = 0
-                if k == _K_TIMESTAMP:
-                    out.timestamp = strtod_c(number)
-                else:
-                    out.freq = strtod_c(number)
+                out.freq = _number_value(p, i, end, &num)
         else:
             end = _scan_value(p, i, n)
             if end < 0:
                 return False
-        i = _skip_ws(p, end, n)
-        if i < n and p[i] == 44:  # ','
-            i = _skip_ws(p, i + 1, n)
-            continue
-        if i < n and p[i] == 125:  # '}'
-            return seen == _ALL_KEYS and _skip_ws(p, i + 1, n) == n
-        return False
-
-
-cdef inline double strtod_c(const char* text) except? -1.0:
-    # locale-independent and correctly rounded, like Python's float(); our
-    # literals are short and have no exponent, so it cannot overflow
-    return PyOS_string_to_double(text, NULL, NULL)
+        i = end
 
 
 cdef object _MISSING = object()
@@ -516,6 +794,9 @@ cdef class Clock:
         return f'<{type(self).__name__}: {self._value}>'
 
 
+cdef class _Bucket
+
+
 @cython.final
 cdef class Worker:
     """A tracked peer.
@@ -534,7 +815,8 @@ cdef class Worker:
     cdef long long _slot
     cdef bint _drift_warned
     cdef object _hostname
-    cdef dict _bucket  # the wheel slot it sits in, or None
+    cdef _Bucket _bucket  # the wheel slot it sits in, or None
+    cdef Worker _next, _prev  # its neighbours there
     cdef dict _fields  # the same dict object as __dict__
     # The last standard event and its receive time: its raw JSON bytes
     # (decoded into an _Event on first use) or an _Event.  While set, its
@@ -648,6 +930,46 @@ cdef class Worker:
 
 
 @cython.final
+cdef class _Bucket:
+    """The workers of one slot of the deadline wheel, in the order they
+    entered it: a doubly linked list through ``Worker._next``/``_prev``, so
+    that a heartbeat moves its worker between slots without dict work."""
+    cdef Worker head, tail
+    cdef Py_ssize_t count
+
+    cdef inline void append(self, Worker worker) noexcept:
+        worker._prev = self.tail
+        worker._next = None
+        if self.tail is None:
+            self.head = worker
+        else:
+            self.tail._next = worker
+        self.tail = worker
+        self.count += 1
+
+    cdef inline void remove(self, Worker worker) noexcept:
+        if worker._prev is None:
+            self.head = worker._next
+        else:
+            worker._prev._next = worker._next
+        if worker._next is None:
+            self.tail = worker._prev
+        else:
+            worker._next._prev = worker._prev
+        worker._next = worker._prev = None
+        self.count -= 1
+
+    cdef list members(self):
+        """Its workers, in order."""
+        cdef list found = []
+        cdef Worker worker = self.head
+        while worker is not None:
+            found.append(worker)
+            worker = worker._next
+        return found
+
+
+@cython.final
 cdef class State:
     """The table of peers: ``workers`` maps hostname to :class:`Worker`.
 
@@ -663,7 +985,7 @@ cdef class State:
     cdef dict _wheel
     cdef list _slots
     cdef long long _last_slot
-    cdef dict _last_bucket
+    cdef _Bucket _last_bucket
     cdef bint _created
     cdef str _subject
 
@@ -820,7 +1142,7 @@ cdef class State:
 
     cdef inline void _schedule(self, Worker worker) except *:
         cdef long long slot = <long long>(worker._expires * _SLOTS_PER_SECOND)
-        cdef dict bucket
+        cdef _Bucket bucket
         if slot == worker._slot:
             return
         self._unschedule(worker)
@@ -832,23 +1154,23 @@ cdef class State:
             key = slot
             found = self._wheel.get(key)
             if found is None:
-                bucket = {}
+                bucket = _Bucket()
                 self._wheel[key] = bucket
                 _heappush(self._slots, key)
             else:
-                bucket = <dict>found
+                bucket = <_Bucket>found
             self._last_slot = slot
             self._last_bucket = bucket
-        bucket[worker._hostname] = worker
+        bucket.append(worker)
         worker._slot = slot
         worker._bucket = bucket
 
     cdef inline void _unschedule(self, Worker worker) except *:
-        cdef dict bucket = worker._bucket
+        cdef _Bucket bucket = worker._bucket
         if bucket is None:
             return
-        bucket.pop(worker._hostname, None)
-        if not bucket:
+        bucket.remove(worker)
+        if not bucket.count:
             self._wheel.pop(worker._slot, None)
             if bucket is self._last_bucket:
                 self._last_bucket = None
@@ -865,7 +1187,8 @@ cdef class State:
         cdef long long current = <long long>(t * _SLOTS_PER_SECOND)
         cdef long long slot
         cdef list slots = self._slots, lost = [], expired
-        cdef dict wheel = self._wheel, workers = self.workers, bucket
+        cdef dict wheel = self._wheel, workers = self.workers
+        cdef _Bucket bucket
         cdef Worker worker
         while slots and <long long>slots[0] <= current:
             slot = slots[0]
@@ -873,20 +1196,18 @@ cdef class State:
             if found is None:  # emptied since it was pushed
                 _heappop(slots)
                 continue
-            bucket = <dict>found
+            bucket = <_Bucket>found
             if bucket is self._last_bucket:
                 self._last_bucket = None
             if slot < current:
+                expired = bucket.members()
+            else:
+                expired = [w for w in bucket.members() if not t < (<Worker>w)._expires]
+            for w in expired:
+                bucket.remove(<Worker>w)
+            if not bucket.count:
                 _heappop(slots)
                 del wheel[slot]
-                expired = list(bucket.values())
-            else:
-                expired = [w for w in bucket.values() if not t < (<Worker>w)._expires]
-                for w in expired:
-                    del bucket[(<Worker>w)._hostname]
-                if not bucket:
-                    _heappop(slots)
-                    del wheel[slot]
             for w in expired:
                 worker = <Worker>w
                 worker._slot = -1
@@ -911,7 +1232,8 @@ cdef class State:
         cdef list found = []
         for key, bucket in self._wheel.items():
             if <long long>key <= current:
-                for hostname, w in (<dict>bucket).items():
+                for w in (<_Bucket>bucket).members():
+                    hostname = (<Worker>w)._hostname
                     if not t < (<Worker>w)._expires and workers.get(hostname) is w:
                         found.append(hostname)
         return found
@@ -936,9 +1258,9 @@ cdef class State:
         for key, bucket in self._wheel.items():
             slot = key
             if slot < current:
-                dead += len(<dict>bucket)
+                dead += (<_Bucket>bucket).count
             elif slot == current:
-                for w in (<dict>bucket).values():
+                for w in (<_Bucket>bucket).members():
                     if not t < (<Worker>w)._expires:
                         dead += 1
         return len(self.workers) - dead
@@ -950,7 +1272,14 @@ cdef class State:
         return (_time() if now is None else now) < (<Worker>found)._expires
 
     def clear(self):
+        cdef Worker worker
         self.workers.clear()
+        for bucket in self._wheel.values():  # unlink, so none is left half in
+            for w in (<_Bucket>bucket).members():
+                worker = <Worker>w
+                (<_Bucket>bucket).remove(worker)
+                worker._slot = -1
+                worker._bucket = None
         self._wheel.clear()
         del self._slots[:]
         self._last_bucket = None
@@ -960,6 +1289,124 @@ cdef class State:
 
     def __repr__(self):
         return f'<State: workers={len(self.workers)} events={self.event_count}>'
+
+
+cdef enum:
+    _HOST_PROBES = 16       # slots a _HostIndex looks at for one name
+    _HOST_MIN_SIZE = 64
+
+
+cdef inline size_t _fnv1a(const char* p, Py_ssize_t n) noexcept nogil:
+    cdef unsigned long long h = 14695981039346656037ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ <unsigned char>p[i]) * 1099511628211ULL
+    # the low bits, which pick the slot, depend on the low bits only: mix
+    # the high ones in
+    return <size_t>(h ^ (h >> 32))
+
+
+@cython.final
+cdef class _HostIndex:
+    """Hostname strs by their ASCII bytes, so that a scanned body finds the
+    str its worker is filed under instead of creating, hashing and freeing
+    one per message.
+
+    Open addressing, at most _HOST_PROBES probes per name (so a flood of
+    colliding names costs misses, not time) and at most half full: when an
+    addition would make it fuller it starts over, empty, with at least
+    twice as many slots as the table it serves has workers.  A str it
+    returns has exactly the bytes asked for, so an entry left by a worker
+    that is gone is still right.
+    """
+    cdef PyObject** slots  # strong references to exact, compact ASCII strs, or NULL
+    cdef size_t size
+    cdef Py_ssize_t used
+
+    def __dealloc__(self):
+        self.reset(0)
+
+    cdef str find(self, const char* name, Py_ssize_t n):
+        cdef size_t i, probe
+        cdef PyObject* entry
+        if self.size == 0:
+            return None
+        i = _fnv1a(name, n)
+        for probe in range(_HOST_PROBES):
+            entry = self.slots[(i + probe) & (self.size - 1)]
+            if entry == NULL:
+                return None
+            if (PyUnicode_GET_LENGTH(<object>entry) == n
+                    and memcmp(PyUnicode_DATA(<object>entry), name, n) == 0):
+                return <str>entry
+        return None
+
+    cdef int add(self, str hostname, Py_ssize_t served) except -1:
+        """Index *hostname* (ignored unless compact ASCII); *served*: the
+        size of the table of workers."""
+        cdef size_t i, probe, size = _HOST_MIN_SIZE
+        cdef PyObject** slot
+        if not PyUnicode_IS_COMPACT_ASCII(hostname):
+            return 0
+        if (self.used + 1) * 2 > <Py_ssize_t>self.size:
+            while size < <size_t>served * 2:
+                size *= 2
+            self.reset(size)
+        i = _fnv1a(<const char*>PyUnicode_DATA(hostname), PyUnicode_GET_LENGTH(hostname))
+        for probe in range(_HOST_PROBES):
+            slot = &self.slots[(i + probe) & (self.size - 1)]
+            if slot[0] == NULL:
+                Py_INCREF(hostname)
+                slot[0] = <PyObject*>hostname
+                self.used += 1
+                return 0
+        return 0  # no free slot near: this name is not indexed
+
+    cdef int reset(self, size_t size) except -1:
+        """Drop every entry; then hold *size* (a power of two, or 0) slots."""
+        cdef size_t i
+        if self.slots != NULL:
+            for i in range(self.size):
+                if self.slots[i] != NULL:
+                    Py_DECREF(<object>self.slots[i])
+            PyMem_Free(self.slots)
+            self.slots, self.size, self.used = NULL, 0, 0
+        if size:
+            self.slots = <PyObject**>PyMem_Calloc(size, sizeof(PyObject*))
+            if self.slots == NULL:
+                raise MemoryError()
+            self.size = size
+        return 0
+
+
+cdef enum:
+    _FEW_HANDLERS = 4
+
+
+cdef object _handler_for(dict handlers, str key):
+    """``handlers.get(key)``.  Gossip has two handlers: comparing *key* (a
+    new str per message) with their keys costs less than hashing it."""
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* name
+    cdef PyObject* handler
+    if len(handlers) > _FEW_HANDLERS:
+        return handlers.get(key)
+    while PyDict_Next(handlers, &pos, &name, &handler):
+        if type(<object>name) is not str:  # its __eq__ decides: let the dict ask
+            return handlers.get(key)
+        if gf_str_equal(<object>name, key):
+            return <object>handler
+    return None
+
+
+cdef inline bint _is_task_key(str key):
+    """*key* is ``task`` or starts with ``task.`` (a task message)."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(key)
+    return (n >= 4 and PyUnicode_READ_CHAR(key, 0) == u't'
+            and PyUnicode_READ_CHAR(key, 1) == u'a'
+            and PyUnicode_READ_CHAR(key, 2) == u's'
+            and PyUnicode_READ_CHAR(key, 3) == u'k'
+            and (n == 4 or PyUnicode_READ_CHAR(key, 4) == u'.'))
 
 
 @cython.final
@@ -980,7 +1427,8 @@ cdef class Receiver:
     cdef public object fast_prepare
     cdef public Py_ssize_t received, applied, own, skipped_tasks, decode_fallbacks
     cdef State _state
-    cdef object _message_type  # the last kombu Message class seen
+    cdef object _message_type  # the last kombu Message class read by slots
+    cdef _HostIndex _hosts
     # The bootstep's swappable attributes, cached; Gossip.__setattr__ calls
     # refresh() whenever one of them is set, so a swap takes effect at once.
     cdef object _hostname, _clock, _update_state, _event_handlers
@@ -1004,6 +1452,7 @@ cdef class Receiver:
         # bound once, so that identity tells the fast path from a swap-in
         self.state_event = state.event if state is not None else None
         self.fast_prepare = self.prepare
+        self._hosts = _HostIndex()
         self.received = 0
         self.applied = 0
         self.own = 0
@@ -1027,10 +1476,10 @@ cdef class Receiver:
         """*body* if we may decode it ourselves (JSON bytes in ``accept``,
         UTF-8, not compressed, no kombu ``__type__`` objects), else None."""
         if (_fast_json is None or type(body) is not bytes
-                or content_type != JSON or not self._json_accepted):
+                or _ne(content_type, JSON) or not self._json_accepted):
             return None
-        if not (content_encoding is None or content_encoding == 'utf-8'
-                or content_encoding == 'utf8'):
+        if not (content_encoding is None or _eq(content_encoding, 'utf-8')
+                or _eq(content_encoding, 'utf8')):
             return None
         if type(headers) is not dict or (<dict>headers).get('compression'):
             return None
@@ -1038,12 +1487,24 @@ cdef class Receiver:
             return None
         return body
 
+    cdef inline bint slotted(self, object message) except -1:
+        """True if *message* is a kombu Message whose attributes we read
+        from its slots (see :func:`_slotted`)."""
+        if type(message) is self._message_type:
+            return True
+        if isinstance(message, Message) and _slotted(type(message)):
+            self._message_type = type(message)
+            return True
+        return False
+
     cdef object message_raw(self, object message):
         """:meth:`raw_json` of a real kombu message, else None."""
-        if type(message) is not self._message_type:
-            if not isinstance(message, Message):
-                return None
-            self._message_type = type(message)
+        if self.slotted(message):
+            return self.raw_json(
+                _slot(message, _OFF_BODY), _slot(message, _OFF_CONTENT_TYPE),
+                _slot(message, _OFF_CONTENT_ENCODING), _slot(message, _OFF_HEADERS))
+        if not isinstance(message, Message):
+            return None
         return self.raw_json(message.body, message.content_type,
                              message.content_encoding, message.headers)
 
@@ -1088,9 +1549,8 @@ cdef class Receiver:
         """
         cdef double timestamp, freq
         cdef Scan scan
-        cdef const char* p = <const char*><char*>raw
-        if scan_standard(p, len(<bytes>raw), &scan):
-            return self.scanned_lane(raw, p, &scan, headers)
+        if scan_standard(<bytes>raw, &scan):
+            return self.scanned_lane(raw, <const char*><char*>raw, &scan, headers)
         try:
             event = _decode_event(raw)
         except Exception:
@@ -1137,15 +1597,20 @@ cdef class Receiver:
                            dict headers) except -1:
         """:meth:`fast_lane` for a body that :func:`scan_standard` read."""
         cdef Py_ssize_t type_length = scan.type_end - scan.type_start
+        cdef Py_ssize_t host_length = scan.host_end - scan.host_start
         cdef const char* type_ = p + scan.type_start
-        if scan.host_end <= scan.host_start:
+        cdef str hostname
+        cdef bint indexed
+        if host_length <= 0:
             return False
-        hostname = PyUnicode_DecodeASCII(p + scan.host_start,
-                                         scan.host_end - scan.host_start, NULL)
+        hostname = self._hosts.find(p + scan.host_start, host_length)
+        indexed = hostname is not None
+        if not indexed:
+            hostname = PyUnicode_DecodeASCII(p + scan.host_start, host_length, NULL)
         header_host = headers.get('hostname')
-        if header_host and header_host != hostname:
+        if header_host and _ne(header_host, hostname):
             return False
-        if hostname == self._hostname:
+        if _eq(hostname, self._hostname):
             return False
         if type_length < 7 or memcmp(type_, b"worker-", 7) != 0 or (
                 type_length == 14 and memcmp(type_, b"worker-offline", 14) == 0):
@@ -1162,6 +1627,8 @@ cdef class Receiver:
             raw, hostname,
             type_length == 13 and memcmp(type_, b"worker-online", 13) == 0,
             scan.timestamp, scan.freq, <double>_time())
+        if not indexed:
+            self._hosts.add(hostname, len(self._state.workers))
         self.applied += 1
         return True
 
@@ -1214,7 +1681,11 @@ cdef class Receiver:
     def on_message(self, prepare, message):
         self.received += 1
         try:
-            routing_key = message.delivery_info['routing_key']
+            if self.slotted(message):
+                info = _slot(message, _OFF_DELIVERY_INFO)
+            else:
+                info = message.delivery_info
+            routing_key = (<dict>info)['routing_key'] if type(info) is dict else info['routing_key']
         except Exception:
             return self._reject('bad_message', None, 'no routing key')
         return self._handle(prepare, routing_key, message, None, None)
@@ -1241,11 +1712,14 @@ cdef class Receiver:
         if type(routing_key) is not str:
             return self._reject('bad_message', None, routing_key)
         # For redis when `fanout_patterns=False` (celery#1882)
-        if (<str>routing_key).startswith('task') and (
-                len(<str>routing_key) == 4 or (<str>routing_key)[4] == '.'):
+        if _is_task_key(<str>routing_key):
             self.skipped_tasks += 1
             return None
-        handler = self._event_handlers.get(routing_key)
+        handlers = self._event_handlers
+        if type(handlers) is dict:
+            handler = _handler_for(<dict>handlers, <str>routing_key)
+        else:
+            handler = handlers.get(routing_key)
         if handler is not None:
             payload = self.decode(message, raw)
             if payload is _REJECTED:
@@ -1257,7 +1731,10 @@ cdef class Receiver:
                 and self._update_state is self.state_event):
             if message is not None:
                 raw = self.message_raw(message)
-                headers = message.headers if raw is not None else None
+                if raw is not None:  # read as message_raw read the rest
+                    headers = (_slot(message, _OFF_HEADERS)
+                               if type(message) is self._message_type
+                               else message.headers)
             if raw is not None:
                 try:
                     if self.fast_lane(raw, <dict>headers):
@@ -1317,12 +1794,11 @@ cdef class Receiver:
         }
 
 
-def scan_body(bytes body):
+def scan_body(bytes body not None):
     """``(hostname, type, clock, timestamp, freq)`` if :func:`scan_standard`
     takes *body* as a standard event, else None (for tests)."""
     cdef Scan scan
-    cdef const char* p = <const char*><char*>body
-    if not scan_standard(p, len(body), &scan):
+    if not scan_standard(body, &scan):
         return None
     return (body[scan.host_start:scan.host_end].decode('ascii'),
             body[scan.type_start:scan.type_end].decode('ascii'),

@@ -92,6 +92,31 @@ def test_offline_unknown_and_clear(core):
     assert state.workers == {} and state.sweep(1e9) == []
 
 
+def test_sweep_reports_in_deadline_then_arrival_order(core):
+    state = core.State()
+    for hostname, received in [("a", 10.0), ("b", 20.0), ("c", 10.0), ("d", 10.1),
+                               ("e", 20.0), ("b", 10.0), ("a", 30.0), ("f", 10.0)]:
+        beat(state, hostname, received)
+    # b's ring holds 20.0, so its deadline stays in the 20 s slot
+    assert [w.hostname for w in state.sweep(14.2)] == ["c", "f", "d"]
+    assert [w.hostname for w in state.sweep(34.0)] == ["b", "e", "a"]
+
+
+def test_worker_kept_across_clear_and_put_back(core):
+    state = core.State()
+    for hostname in ("a", "b", "c"):
+        beat(state, hostname, 10.0)
+    kept = state.workers["b"]
+    state.clear()
+    assert state.alive_count(11.0) == 0 and state.expired(100.0) == []
+    state.workers["b"] = kept  # user code
+    beat(state, "a", 10.0)
+    beat(state, "b", 20.0)
+    assert state.alive_count(11.0) == 2 and state.expired(15.0) == ["a"]
+    assert [w.hostname for w in state.sweep(100.0)] == ["a", "b"]
+    assert state.sweep(1e9) == [] and state.workers == {}
+
+
 def test_clock_is_thread_safe(core):
     clock = core.Clock()
     threads = 4
