@@ -441,6 +441,9 @@ class State:
         return (time.time() if now is None else now) < worker._expires
 
     def clear(self):
+        for bucket in self._wheel.values():
+            for worker in bucket.values():
+                worker._slot = -1  # a kept reference is in no slot now
         self.workers.clear()
         self._wheel.clear()
         del self._slots[:]

@@ -117,6 +117,20 @@ def test_worker_kept_across_clear_and_put_back(core):
     assert state.sweep(1e9) == [] and state.workers == {}
 
 
+def test_worker_kept_across_clear_beats_into_its_old_slot(core):
+    """A kept entry put back after clear() and beating with the same
+    deadline as before is in the wheel again (not left out because its old
+    slot number matched)."""
+    state = core.State()
+    beat(state, "b", 10.0)
+    kept = state.workers["b"]
+    state.clear()
+    state.workers["b"] = kept
+    beat(state, "b", 10.0)
+    assert state.expired(100.0) == ["b"]
+    assert [w.hostname for w in state.sweep(100.0)] == ["b"]
+
+
 def test_clock_is_thread_safe(core):
     clock = core.Clock()
     threads = 4
