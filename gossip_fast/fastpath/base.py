@@ -98,10 +98,11 @@ class Reader:
     catchup_delay = 0.01
     #: Smallest backlog worth a pass of shed_superseded().
     coalesce_min = 1024
-    #: Most heartbeats kept in the backlog, after superseded ones are shed:
-    #: one per sender of a 100,000-worker cluster (a memory bound, reached
-    #: only when that many distinct senders wait: about 0.7 KB each).
-    max_pending = 100000
+    #: Most heartbeats kept in the backlog, after superseded ones are shed
+    #: (one per sender): a memory bound, reached only when this many
+    #: distinct senders wait, about 0.65 KB each (~160 MB).  Below the
+    #: cluster's size it would shed live peers' only heartbeats.
+    max_pending = 250000
     #: Reconnect backoff: first wait, cap (seconds).
     backoff_start = 0.5
     backoff_max = 30.0
