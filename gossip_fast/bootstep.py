@@ -14,7 +14,7 @@ on an instance at run time: they are looked up when used.
 from collections import Counter, defaultdict
 from functools import partial
 from operator import itemgetter
-from time import monotonic
+from time import monotonic, time
 
 from kombu import Consumer
 from kombu.asynchronous.semaphore import DummyLock
@@ -104,6 +104,7 @@ class Gossip(bootsteps.ConsumerStep):
         self._bad_input_logged = {}
         self._bad_input_suppressed = Counter()
         self._election_started = {}
+        self.sweeps_held_back = 0
 
         self.timer = c.timer
         self.clock = ensure_clock(c.app, self.core)
@@ -326,15 +327,17 @@ class Gossip(bootsteps.ConsumerStep):
     def periodic(self):
         state = self.state
         if state is getattr(self._receiver, 'state', None):
+            now = None
             reader = self._reader
             if reader is not None and reader.backlog():
-                # events we hold but have not applied yet (a backlog) may
-                # include a newer heartbeat of a peer that looks expired:
-                # apply those first, so that it is not declared lost
-                due = state.expired()
-                if due:
-                    reader.apply_from(frozenset(due))
-            for worker in state.sweep():
+                # Behind: what arrived since the reader last caught up may
+                # hold a newer heartbeat of a peer that looks expired.  Judge
+                # liveness as of that moment (all it had read by then is
+                # applied): nobody is lost for a heartbeat still in our
+                # backlog; the others are, once it catches up.
+                now = reader.caught_up_at
+                self._note_behind(state, now)
+            for worker in state.sweep(now):
                 self.on_node_lost(worker)
         else:  # a state swapped in by the user: stock's sweep
             workers = state.workers
@@ -347,6 +350,15 @@ class Gossip(bootsteps.ConsumerStep):
                 workers.pop(worker.hostname, None)
         if self._election_started:
             self._expire_elections(monotonic())
+
+    def _note_behind(self, state, caught_up_at):
+        held = len(state.expired()) - len(state.expired(caught_up_at))
+        self.sweeps_held_back += 1
+        if held:
+            logger.warning(
+                'gossip_fast: receive path %.1f s behind; %d peer(s) that look '
+                'expired are judged again once it has caught up',
+                time() - caught_up_at, held)
 
     # -- consuming ---------------------------------------------------------------
 
@@ -471,6 +483,7 @@ class Gossip(bootsteps.ConsumerStep):
             'leaves': getattr(state, 'leaves', None),
             'losses': getattr(state, 'losses', None),
             'elections': dict(self.elections),
+            'sweeps_held_back': self.sweeps_held_back,
             'tracked_workers': len(state.workers) if state is not None else 0,
             'alive_workers': (state.alive_count() if hasattr(state, 'alive_count')
                               else None) if state is not None else 0,

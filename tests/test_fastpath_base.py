@@ -32,6 +32,8 @@ class ListReader(Reader):
         self.longest_drain = 0.0
         self._retry_at = self._backoff = None
         self._stopped = False
+        self.caught_up_at = time.time()
+        self.handler_errors = 0
         self.per_drain = per_drain
         self.incoming = []
         self.held = []
@@ -58,14 +60,6 @@ class ListReader(Reader):
 
     def backlog(self):
         return bool(self.held or self.incoming)
-
-    def apply_from(self, hostnames):
-        theirs = [item for item in self.held if item[1].get("hostname") in hostnames]
-        self.held = [item for item in self.held if item[1].get("hostname") not in hostnames]
-        for item in theirs:
-            self.receiver.on_raw(*item)
-        self.received += len(theirs)
-        return len(theirs)
 
 
 def heartbeat(hostname, freq=2.0, clock=1):
@@ -138,25 +132,31 @@ def test_a_drain_that_raises_still_reschedules(gossip, reader, monkeypatch):
     assert_drain_scheduled(gossip, gossip.timer)
 
 
-def test_sweep_applies_held_heartbeats_of_expired_peers_first(gossip, reader):
-    """A peer whose newer heartbeat waits in the reader's backlog is not
-    declared lost; one with nothing held is."""
+def test_sweep_while_behind_is_as_of_when_the_reader_caught_up(gossip, reader, caplog):
+    """While the reader has a backlog, the sweep judges liveness as of the
+    last time it had applied all it had read: no peer is lost for a
+    heartbeat still held; afterwards, the sweep is the usual one."""
     lost = []
     gossip.on.node_lost.add(lambda worker: lost.append(worker.hostname))
     reader.incoming = [heartbeat("held@x", freq=0.05), heartbeat("gone@x", freq=0.05)]
     gossip._drain(reader)
-    assert set(gossip.state.workers) == {"held@x", "gone@x"}
+    caught_up = reader.caught_up_at
     reader.per_drain = 0             # from now on nothing is applied by drains
     reader.incoming = [heartbeat("other@x"), heartbeat("held@x", freq=0.05, clock=2)]
     gossip._drain(reader)
+    assert reader.caught_up_at == caught_up and reader.backlog()
     time.sleep(0.12)                 # both entries expired (2 x 0.05 s)
-    assert set(gossip.state.expired()) == {"held@x", "gone@x"}
+    gossip.periodic()
+    assert lost == [] and set(gossip.state.workers) == {"held@x", "gone@x"}
+    assert "judged again once it has caught up" in caplog.text
+    reader.per_drain = 1000
+    gossip._drain(reader)            # caught up: held@x's heartbeat applied
+    assert not reader.backlog() and reader.caught_up_at > caught_up
     gossip.periodic()
     assert lost == ["gone@x"]
-    assert set(gossip.state.workers) == {"held@x"}
+    assert set(gossip.state.workers) == {"held@x", "other@x"}
     assert gossip.state.workers["held@x"].clock == 2
-    assert [item[1]["hostname"] for item in reader.held] == ["other@x"]
-    assert reader.received == 3     # 2 drained, 1 applied from the backlog
+    assert gossip.stats()["sweeps_held_back"] == 1
 
 
 def test_coalesce_keeps_each_senders_newest_heartbeat_and_all_else():

@@ -14,9 +14,10 @@ catchup_delay)`` of the loop (two thirds by default) until it catches up,
 instead of a fixed fifth.  When more arrives than it can apply, it sheds
 heartbeats that a newer heartbeat of the same sender supersedes (each one
 only repeats the sender's liveness) and counts them.  Before the sweep
-declares peers lost, ``Gossip.periodic`` has the reader apply what it
-already holds from them (:meth:`apply_from`): a peer is never lost while
-its newer heartbeat waits in our backlog.  On a broker error it closes the
+While it has a backlog, ``Gossip.periodic`` sweeps as of
+:attr:`caught_up_at`, the last time the reader had applied all it had
+read: a peer is never declared lost while its newer heartbeat waits in our
+backlog (detection waits until the reader catches up).  On a broker error it closes the
 connection and reconnects with exponential backoff from later ``drain()``
 calls, never by sleeping.  ``stop()`` closes everything.
 """
@@ -130,6 +131,9 @@ class Reader:
         self._retry_at = None
         self._backoff = None  # the next wait; backoff_start at first
         self._stopped = False
+        #: Wall-clock time when the reader last had nothing held or unread:
+        #: every event it had read by then was applied.
+        self.caught_up_at = time.time()
 
     # -- to implement -------------------------------------------------------
 
@@ -149,27 +153,7 @@ class Reader:
         """True if the last read() left events to apply or bytes unread."""
         raise NotImplementedError
 
-    def apply_item(self, item):
-        """Apply one held event (on_raw's arguments by default)."""
-        self.receiver.on_raw(*item)
-
     # -- the backlog (``_pending``, oldest first) -----------------------------------
-
-    def apply_from(self, hostnames):
-        """Apply now, in order, the held events whose sender is in
-        *hostnames*; return how many."""
-        pending = self._pending
-        theirs = [item for item in pending if sender(item) in hostnames]
-        if not theirs:
-            return 0
-        pending[:] = [item for item in pending if sender(item) not in hostnames]
-        for item in theirs:
-            try:
-                self.apply_item(item)
-            except Exception as exc:  # pylint: disable=broad-except
-                self.item_error(exc)
-        self.received += len(theirs)
-        return len(theirs)
 
     def shed_superseded(self, pending):
         """Over budget: keep what is left for the next drain(), but for the
@@ -198,6 +182,7 @@ class Reader:
     def start(self):
         self._stopped = False
         self.connect()
+        self.caught_up_at = time.time()
 
     def stop(self):
         self._stopped = True  # a late drain() must not reconnect
@@ -221,11 +206,14 @@ class Reader:
             self._backoff = None
             self.reconnects += 1
             logger.info('gossip_fast: %s reader reconnected', self.name)
+        wall = time.time()
         try:
             count = self.read(started + self.budget)
         except Exception as exc:  # the broker went away, or worse
             self._failed(exc, started)
             return 0
+        if not self.backlog():
+            self.caught_up_at = wall  # all it read (by then, at least) applied
         elapsed = time.monotonic() - started
         self.batches += 1
         self.received += count
@@ -258,6 +246,7 @@ class Reader:
             'errors': self.errors,
             'batches': self.batches,
             'longest_drain_ms': round(self.longest_drain * 1000, 3),
+            'behind_s': round(time.time() - self.caught_up_at, 3) if self.backlog() else 0.0,
         }
         if self.handler_errors:
             stats['handler_errors'] = self.handler_errors

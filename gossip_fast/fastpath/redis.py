@@ -442,12 +442,6 @@ class RedisReader(Reader):
         self._pending = rest
         return done
 
-    def apply_item(self, item):
-        if type(item) is tuple:
-            self.receiver.on_raw(*item)
-        else:
-            self._apply_kombu(item)
-
     def backlog(self):
         return bool(self._pending) or self._unread
 
