@@ -267,10 +267,10 @@ begin "wheel: installs with no compiler and passes the unit suite, IMPLEMENTATIO
 WVENV="$WORK/venv-wheel"
 new_venv "$WVENV"
 nocc "$WVENV" python -m pip install -q --only-binary=:all: "${WHEEL}[test]"
-if nocc "$WVENV" python -c 'import Cython' >/dev/null 2>&1; then
+if (cd "$WORK" && nocc "$WVENV" python -c 'import Cython') >/dev/null 2>&1; then
     die "Cython is installed in the wheel's environment"
 fi
-nocc "$WVENV" python - <<'EOF'
+(cd "$WORK" && nocc "$WVENV" python -) <<'EOF'  # from outside the source tree
 import sys, gossip_fast
 from gossip_fast import implementation
 print("gossip_fast", gossip_fast.__version__, gossip_fast.IMPLEMENTATION,
@@ -296,10 +296,10 @@ nocc "$SVENV" python -m pip install -v --no-cache-dir \
     || { tail -n 60 "$WORK/sdist-install.log"; die "pip install of the sdist failed (log: $WORK/sdist-install.log)"; }
 grep -F 'building extension "gossip_fast._core" failed' "$WORK/sdist-install.log" \
     || die "the log does not show the optional extension failing gracefully (log: $WORK/sdist-install.log)"
-if nocc "$SVENV" python -c 'import Cython' >/dev/null 2>&1; then
+if (cd "$WORK" && nocc "$SVENV" python -c 'import Cython') >/dev/null 2>&1; then
     die "Cython is installed in the sdist's environment"
 fi
-nocc "$SVENV" python - <<'EOF'
+(cd "$WORK" && nocc "$SVENV" python -) <<'EOF'  # from outside the source tree
 import pathlib, gossip_fast
 from gossip_fast import implementation
 print("gossip_fast", gossip_fast.__version__, gossip_fast.IMPLEMENTATION,
