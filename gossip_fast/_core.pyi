@@ -191,6 +191,13 @@ def coalesce(items: list[Any], heartbeat_sender: Callable[[Any], str | None],
     ...
 
 
+def held(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    """*item*, a held event's ``on_raw`` arguments, untracked by the cyclic
+    garbage collector (a backlog of them made CPython run full collections
+    over the whole table); returns it."""
+    ...
+
+
 @final
 class PubSubScanner:
     """Splits a Redis pub/sub connection's RESP2 stream: standard kombu

@@ -9,6 +9,7 @@ every compiled-only test."""
 import base64
 import json
 import random
+import time
 import uuid
 
 import pytest
@@ -114,6 +115,27 @@ def test_captured_envelopes_are_taken_without_the_fallback(Scanner):
     assert events == reference(stream)[0]
     assert [e[0] for e in events] == [json.loads(d)["properties"]["delivery_info"]["routing_key"]
                                       for d in captured]
+
+
+def test_held_events_are_out_of_the_garbage_collectors_sight(Scanner):
+    """A backlog of tracked tuples made CPython run full collections over
+    the whole table while the reader caught up: the scanner's events are
+    untracked, and a string field that changes is still read right."""
+    import gc
+    stream = b"".join(pmessage(kombu_envelope(heartbeat_body(f"w{i}@h", i + 1, time.time()),
+                                              hostname=f"w{i}@h",
+                                              routing_key=("worker.heartbeat" if i % 3
+                                                           else "worker-custom")))
+                      for i in range(12))
+    events, _, _ = scanned(Scanner, stream)
+    assert len(events) == 12
+    assert not any(gc.is_tracked(e) for e in events)
+    assert [e[0] for e in events] == ["worker-custom" if i % 3 == 0 else "worker.heartbeat"
+                                      for i in range(12)]
+    assert events == reference(stream)[0]
+    item = ("worker.heartbeat", {"hostname": "a@b"}, b"{}", "application/json", "utf-8", "x")
+    assert gc.is_tracked(item) and load_core("cython").held(item) is item
+    assert not gc.is_tracked(item)
 
 
 def odd_envelopes(rng):

@@ -354,6 +354,7 @@ class AMQPReader(Reader):
         content_head = _content_head.unpack_from
         clock = time.monotonic
         append = self._pending.append
+        held = self._held
         while end - pos >= 11:
             ftype, channel, size, method = method_head(buf, pos)
             mend = pos + 7 + size
@@ -420,7 +421,7 @@ class AMQPReader(Reader):
             if props[3] and body:
                 body = _auto_decode(body, props[2])
             if on_raw is None:
-                append((key[0], props[0], body, props[1], props[2], key[1]))
+                append(held((key[0], props[0], body, props[1], props[2], key[1])))
                 continue
             try:
                 on_raw(key[0], props[0], body, props[1], props[2], key[1])

@@ -13,8 +13,7 @@ so a reader that falls behind uses up to ``budget / (budget +
 catchup_delay)`` of the loop (two thirds by default) until it catches up,
 instead of a fixed fifth.  When more arrives than it can apply, it sheds
 heartbeats that a newer heartbeat of the same sender supersedes (each one
-only repeats the sender's liveness) and counts them.  Before the sweep
-While it has a backlog, ``Gossip.periodic`` sweeps as of
+only repeats the sender's liveness) and counts them.  While it has a backlog, ``Gossip.periodic`` sweeps as of
 :attr:`caught_up_at`, the last time the reader had applied all it had
 read: a peer is never declared lost while its newer heartbeat waits in our
 backlog (detection waits until the reader catches up).  On a broker error it closes the
@@ -92,6 +91,10 @@ def coalesce(items, heartbeat_sender, max_pending):
     return kept, shed
 
 
+def _identity(item):
+    return item
+
+
 class Reader:
     #: Longest time one drain() may spend applying events (seconds).
     budget = 0.02
@@ -127,7 +130,10 @@ class Reader:
         self._pending = []    # events read, not applied yet (oldest first)
         self._coalesce_at = 0  # backlog size for the next shedding pass
         # the compiled core has the same pass, compiled (src/_fastpath.pxi)
-        self._coalesce = getattr(getattr(gossip, 'core', None), 'coalesce', coalesce)
+        core = getattr(gossip, 'core', None)
+        self._coalesce = getattr(core, 'coalesce', coalesce)
+        # held events out of the cyclic GC's sight (see the core's held())
+        self._held = getattr(core, 'held', _identity)
         self._retry_at = None
         self._backoff = None  # the next wait; backoff_start at first
         self._stopped = False

@@ -436,10 +436,9 @@ class RedisReader(Reader):
                 self._apply_kombu(item)
             if not done & 7 and done >= minimum and monotonic() >= deadline:
                 break
-        rest = items[done:]
-        if rest:
-            self.shed_superseded(rest)
-        self._pending = rest
+        del items[:done]  # in place: a copy of a big backlog per drain is O(backlog)
+        if items:
+            self.shed_superseded(items)
         return done
 
     def backlog(self):
