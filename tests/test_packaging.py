@@ -441,3 +441,63 @@ def _check_sdist(d):
 def test_sdist_and_wheel_contents(dists):
     _check_sdist(dists)
     _check_wheel(dists)
+
+
+# -- the wheel matrix and its workflow -------------------------------------------
+
+#: What [tool.cibuildwheel] must build: CPython 3.10-3.15 on every platform
+#: of the wheels issue (free-threaded and PyPy deliberately not: see
+#: pyproject.toml).
+PYTHONS = ('cp310', 'cp311', 'cp312', 'cp313', 'cp314', 'cp315')
+PLATFORMS = {
+    'linux': ('manylinux_x86_64', 'manylinux_aarch64', 'musllinux_x86_64', 'musllinux_aarch64'),
+    'macos': ('macosx_x86_64', 'macosx_arm64'),
+    'windows': ('win_amd64',),
+}
+
+
+def _source_tree_file(relative):
+    """A file of the source checkout; the wheel tests run this suite
+    outside it (only tests/ and pyproject.toml), where there is nothing to
+    check."""
+    path = ROOT / relative
+    if not path.is_file() or not (ROOT / 'gossip_fast').is_dir():
+        pytest.skip(f'no {relative}: not a source checkout')
+    return path
+
+
+@pytest.mark.parametrize('platform', sorted(PLATFORMS))
+def test_cibuildwheel_builds_the_whole_matrix(platform):
+    _source_tree_file('pyproject.toml')
+    if importlib.util.find_spec('cibuildwheel') is None:
+        _skip_or_fail('cibuildwheel is not installed (the dev extra has it)')
+    result = subprocess.run(
+        [sys.executable, '-m', 'cibuildwheel', '--print-build-identifiers',
+         '--platform', platform, str(ROOT)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith('CIBW_')})
+    assert result.returncode == 0, result.stderr[-2000:]
+    built = set(result.stdout.split())
+    expected = {f'{py}-{tag}' for py in PYTHONS for tag in PLATFORMS[platform]}
+    assert built == expected, (sorted(built - expected), sorted(expected - built))
+
+
+def test_wheel_workflow_builds_what_pyproject_says():
+    if importlib.util.find_spec('yaml') is None:
+        _skip_or_fail('PyYAML is not installed (the dev extra has it)')
+    import yaml
+    workflow = yaml.safe_load(_source_tree_file('.github/workflows/wheels.yml').read_text())
+    jobs = workflow['jobs']
+    assert {'sdist', 'check', 'wheels', 'publish'} <= set(jobs)
+    wheels = jobs['wheels']
+    steps = wheels['steps']
+    build = [s for s in steps if str(s.get('uses', '')).startswith('pypa/cibuildwheel@')]
+    assert len(build) == 1, steps
+    # the runners together cover every architecture of [tool.cibuildwheel]
+    # and nothing overrides its choice of builds
+    env = build[0].get('env', {})
+    assert not {'CIBW_BUILD', 'CIBW_SKIP', 'CIBW_ENVIRONMENT', 'CIBW_TEST_COMMAND'} & set(env), env
+    archs = {entry['archs'] for entry in wheels['strategy']['matrix']['include']}
+    assert archs == {'x86_64', 'aarch64', 'arm64', 'AMD64'}, archs
+    assert 'scripts/check-wheel.sh' in str(jobs['check']['steps'])
+    assert set(jobs['publish']['needs']) == {'sdist', 'check', 'wheels'}
