@@ -670,6 +670,61 @@ def test_broker_closing_the_socket_is_an_error(wired):
         reader.read(time.monotonic() + 1)
 
 
+def random_properties(rng):
+    """Content properties as py-amqp serializes them: mostly kombu's for an
+    event (one ``hostname`` header), sometimes anything else."""
+    host = rng.choice([f"w{rng.randrange(10**6)}@h{rng.randrange(99)}", "é@ü", "x" * 300,
+                       "", b"\xff\xfe@bad", "a@b\udcff"])
+    headers = {"hostname": host}
+    odd = rng.random() < 0.1
+    if odd:
+        headers = rng.choice([{}, {"hostname": host, "x": 1}, {"other": "v"},
+                              {"hostname": rng.randrange(9)}, {"hostname": [host]}, None])
+    props = dict(content_type="application/json", content_encoding="utf-8",
+                 delivery_mode=1, priority=0)
+    if rng.random() < 0.1:
+        key = rng.choice(list(props))
+        props[key] = {"content_type": rng.choice(["application/x-python-serialize",
+                                                  "a\x08hostnameS\x00\x00\x00\x03abc"]),
+                      "content_encoding": rng.choice(["utf8", "binary", "latin-1"]),
+                      "delivery_mode": 2, "priority": 9}[key]
+    if rng.random() < 0.05:
+        del props[rng.choice(list(props))]
+    return amqp.Message(b"", application_headers=headers, **props)._serialize_properties()
+
+
+def test_properties_by_template_are_py_amqps(wired, monkeypatch):
+    """More senders than the properties cache holds: the template (learnt
+    from a standard event's properties) gives what py-amqp's decode gives,
+    for every kind of properties, and spares most decodes."""
+    import random
+
+    from amqp.serialization import decode_properties_basic
+
+    from gossip_fast.fastpath import amqp as amqp_reader
+    reader, _, _ = wired
+    reader.cache_size = 8
+    decodes = []
+
+    def counted(raw, offset):
+        decodes.append(raw)
+        return decode_properties_basic(raw, offset)
+
+    monkeypatch.setattr(amqp_reader, "decode_properties_basic", counted)
+    rng = random.Random(7)
+    raws = [random_properties(rng) for _ in range(3000)]
+    for raw in raws:
+        properties, _ = decode_properties_basic(raw, 0)
+        encoding = properties.get("content_encoding")
+        expected = (properties.get("application_headers") or {}, properties.get("content_type"),
+                    encoding, encoding is not None and encoding not in ("utf-8", "utf8"))
+        got = reader._props_of(raw)
+        assert got == expected and type(got[0].get("hostname")) is type(
+            expected[0].get("hostname")), (raw, got, expected)
+    assert reader._templates
+    assert len(decodes) < len(raws) / 2, len(decodes)
+
+
 def test_shed_keeps_the_newest_heartbeat_of_each_sender_and_all_other_events(wired):
     reader, broker, gossip = wired
     reader.coalesce_min = 0     # a pass however small the backlog
