@@ -193,3 +193,22 @@ def test_shedding_passes_are_amortized(gossip):
     pending.extend(heartbeat("a@x", clock=11 + i) for i in range(2))
     reader.shed_superseded(pending)
     assert len(pending) == 1 and reader.shed == 6
+
+
+def test_held_events_are_untracked_with_the_compiled_core(gossip):
+    """Readers take ``held`` (and the compiled shedding pass) from the core
+    in use: a backlog of GC-tracked tuples made CPython run full
+    collections over the table while the reader caught up."""
+    import gc
+    reader = Reader.__new__(Reader)
+    Reader.__init__(reader, gossip, type("C", (), {"connection": type(
+        "K", (), {"client": None})()})(), None)
+    item = heartbeat("a@x")
+    assert gc.is_tracked(item)
+    assert reader._held(item) is item
+    core = gossip.core
+    if core.__name__ == "gossip_fast._core":
+        assert reader._held is core.held and reader._coalesce is core.coalesce
+        assert not gc.is_tracked(item)
+    else:
+        assert not hasattr(core, "held") and gc.is_tracked(item)
