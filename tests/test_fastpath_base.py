@@ -1,10 +1,10 @@
 """The transport-independent part of the fast receive path
 (``gossip_fast.fastpath.base``): reconnect backoff, drain scheduling while
-behind, shedding superseded heartbeats, and applying held events before the
-sweep.  The Redis and RabbitMQ readers are tested on real brokers in
+behind, shedding superseded heartbeats, and the sweep while behind.  The Redis and RabbitMQ readers are tested on real brokers in
 test_fastpath_redis.py and test_fastpath_amqp.py; here a reader of a list
 stands for the socket, so that the base logic is checked without timing."""
 import time
+import types
 
 import pytest
 from kombu.asynchronous.timer import Timer
@@ -15,6 +15,10 @@ from gossip_fast.simulate import heartbeat_body
 from .conftest import assert_drain_scheduled
 
 
+#: All that ``Reader.__init__`` reads of a kombu channel.
+NO_CHANNEL = types.SimpleNamespace(connection=types.SimpleNamespace(client=None))
+
+
 class ListReader(Reader):
     """Reads ``(routing_key, headers, body)`` items from ``incoming``,
     applying at most ``per_drain`` of them per drain; the rest is held."""
@@ -22,18 +26,7 @@ class ListReader(Reader):
     name = "list"
 
     def __init__(self, gossip, per_drain=1000):
-        self.gossip = gossip
-        self.receiver = gossip._receiver
-        self.channel = None
-        self.queue = None
-        self.max_delay = 0.1
-        self.received = self.shed = self.reconnects = self.errors = 0
-        self.batches = 0
-        self.longest_drain = 0.0
-        self._retry_at = self._backoff = None
-        self._stopped = False
-        self.caught_up_at = time.time()
-        self.handler_errors = 0
+        super().__init__(gossip, NO_CHANNEL, None)
         self.per_drain = per_drain
         self.incoming = []
         self.held = []
@@ -176,9 +169,7 @@ def test_coalesce_keeps_each_senders_newest_heartbeat_and_all_else():
 def test_shedding_passes_are_amortized(gossip):
     """A pass over the backlog only once it has doubled since the last one:
     a constant cost per event while behind, not a pass per drain."""
-    reader = Reader.__new__(Reader)
-    Reader.__init__(reader, gossip, type("C", (), {"connection": type(
-        "K", (), {"client": None})()})(), None)
+    reader = Reader(gossip, NO_CHANNEL, None)
     reader.coalesce_min = 4
     beats = [heartbeat("a@x", clock=i) for i in range(3)]
     pending = list(beats)
@@ -200,9 +191,7 @@ def test_held_events_are_untracked_with_the_compiled_core(gossip):
     in use: a backlog of GC-tracked tuples made CPython run full
     collections over the table while the reader caught up."""
     import gc
-    reader = Reader.__new__(Reader)
-    Reader.__init__(reader, gossip, type("C", (), {"connection": type(
-        "K", (), {"client": None})()})(), None)
+    reader = Reader(gossip, NO_CHANNEL, None)
     item = heartbeat("a@x")
     assert gc.is_tracked(item)
     assert reader._held(item) is item

@@ -84,7 +84,7 @@ from kombu.utils.json import loads as kombu_loads
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .base import HEARTBEAT, Reader
+from .base import Reader
 
 __all__ = ('RedisReader', 'envelope_parts')
 
@@ -243,12 +243,9 @@ class RedisReader(Reader):
 
     def _new_parser(self):
         scanner = getattr(self.gossip.core, 'PubSubScanner', None)
-        if scanner is None:  # the pure-Python core: hiredis and msgspec
-            self._parser = hiredis.Reader()
-            self._feed = self._parser.feed
-        else:
-            self._parser = scanner(self._envelope)
-            self._feed = self._parser.feed
+        # the pure-Python core: hiredis and msgspec
+        self._parser = hiredis.Reader() if scanner is None else scanner(self._envelope)
+        self._feed = self._parser.feed
 
     def _open(self):
         """A connected, authenticated redis-py connection made by kombu's
