@@ -3,8 +3,10 @@
 A drop-in for ``celery.worker.consumer.gossip.Gossip``: same step name,
 same constructor, same members.  The per-message work (routing, decoding,
 the Lamport clock rules, the worker table and its sweep) is done by
-``gossip_fast.implementation.core``; the rare paths (elections, callbacks,
-logging of bad input) stay here in Python.
+``gossip_fast.implementation.core``; the fast receive path by
+:mod:`gossip_fast.fastpath`; elections by :mod:`gossip_fast.elections` and
+the reporting of bad input by :mod:`gossip_fast.badinput`.  This module
+holds the step itself: its life cycle, the sweep and the callbacks.
 
 As with stock Celery, tests and users may patch this module's ``logger``,
 ``debug`` and ``info``, and swap ``update_state``, ``event_handlers``,
@@ -13,7 +15,6 @@ on an instance at run time: they are looked up when used.
 """
 from collections import Counter, defaultdict
 from functools import partial
-from operator import itemgetter
 from time import monotonic, time
 
 from kombu import Consumer
@@ -26,21 +27,16 @@ from celery.utils.objects import Bunch
 from celery.worker.consumer.mingle import Mingle
 
 from . import fastpath, implementation
+from .badinput import BadInput
+from .elections import Elections
 
 __all__ = ('Gossip',)
 
 logger = get_logger(__name__)
 debug, info = logger.debug, logger.info
 
-#: Reasons of bad input after which the event is still applied, cleaned.
-SANITIZED = frozenset(('bad_clock', 'reserved_field'))
-#: At most one log line per reason of bad input in this many seconds.
-BAD_INPUT_LOG_INTERVAL = 10.0
 #: Bootstep attributes the receiver may cache (tests and users swap them).
 RECEIVER_ATTRIBUTES = frozenset(('hostname', 'clock', 'update_state', 'event_handlers'))
-#: A pending election that has not completed after this many seconds is
-#: dropped (a peer died mid-election, or a request came after the result).
-ELECTION_TIMEOUT = 30.0
 
 _logged_fallback = False
 
@@ -62,12 +58,22 @@ def ensure_clock(app, core=None):
     return app.clock
 
 
-def _describe(detail, limit=200):
-    text = repr(detail)
-    return text if len(text) <= limit else text[:limit] + '...'
+def accept_content(app):
+    """The content types Celery's event receiver accepts: the app's event
+    serializer and JSON.  A serializer name that is not a string is an
+    error on a real app; on anything else (a test's ``Mock()`` app, as in
+    Celery's own tests) only JSON is taken until ``get_consumers`` sets
+    the receiver's own."""
+    serializer = app.conf.event_serializer
+    if not isinstance(serializer, str):
+        from celery import Celery
+        if isinstance(app, Celery):
+            raise TypeError(f'event_serializer must be a str, not {serializer!r}')
+        serializer = 'json'
+    return prepare_accept_content({serializer, 'json'})
 
 
-class Gossip(bootsteps.ConsumerStep):
+class Gossip(Elections, bootsteps.ConsumerStep):
     """Bootstep consuming events from other workers.
 
     This keeps the logical clock value up to date.
@@ -76,9 +82,6 @@ class Gossip(bootsteps.ConsumerStep):
     name = 'celery.worker.consumer.gossip.Gossip'
     label = 'Gossip'
     requires = (Mingle,)
-    _cons_stamp_fields = itemgetter(
-        'id', 'clock', 'hostname', 'pid', 'topic', 'action', 'cver',
-    )
     compatible_transports = {'amqp', 'redis'}
     #: The hot-path implementation (a module); tests swap it on subclasses.
     core = implementation.core
@@ -96,14 +99,15 @@ class Gossip(bootsteps.ConsumerStep):
             node_leave=set(),
             node_lost=set(),
         )
-        self.dropped = Counter()
-        self.sanitized = Counter()
+        self.bad_input = BadInput()
+        self.dropped = self.bad_input.dropped
+        self.sanitized = self.bad_input.sanitized
         self.elections = Counter()
-        self._reader = None
-        self._reader_tref = None
-        self._bad_input_logged = {}
-        self._bad_input_suppressed = Counter()
-        self._election_started = {}
+        self._init_elections()
+        self._hub = c.hub
+        self._driver = None    # the fast receive path (fastpath.loop.HubDriver)
+        self._reader = None    # its reader
+        self.receive_fallback = None  # why kombu's consumer is used, if it is
         self.sweeps_held_back = 0
 
         self.timer = c.timer
@@ -118,9 +122,8 @@ class Gossip(bootsteps.ConsumerStep):
             )
             if c.hub:
                 c._mutex = DummyLock()
-        self._receiver = self.core.Receiver(
-            self, state, self.clock,
-            prepare_accept_content({c.app.conf.event_serializer, 'json'}))
+        self._receiver = self.core.Receiver(self, state, self.clock,
+                                            accept_content(c.app))
         if self.enabled:
             self.update_state = self._receiver.state_event
         # the hot path, bound once (the class method below documents it)
@@ -152,40 +155,6 @@ class Gossip(bootsteps.ConsumerStep):
         with app.connection_for_read() as conn:
             return conn.transport.driver_type in self.compatible_transports
 
-    # -- elections ---------------------------------------------------------
-
-    def election(self, id, topic, action=None):
-        self.consensus_replies[id] = []
-        self._election_started.setdefault(id, monotonic())
-        self.elections['started'] += 1
-        self.dispatcher.send(
-            'worker-elect',
-            id=id, topic=topic, action=action, cver=1,
-        )
-
-    def call_task(self, task):
-        try:
-            self.app.signature(task).apply_async()
-        except Exception as exc:  # pylint: disable=broad-except
-            logger.exception('Could not call task: %r', exc)
-
-    def on_elect(self, event):
-        try:
-            (id_, clock, hostname, pid,
-             topic, action, _) = self._cons_stamp_fields(event)
-        except KeyError as exc:
-            return self._reject('bad_election', event.get('hostname'),
-                                f'election request missing field {exc}')
-        if (type(clock) is not int or type(hostname) is not str
-                or not hostname or type(topic) is not str
-                or not isinstance(id_, (str, int))):
-            return self._reject('bad_election', hostname,
-                                {'id': id_, 'clock': clock, 'topic': topic})
-        self._election_started.setdefault(id_, monotonic())
-        self.consensus_requests[id_].append(
-            (clock, f'{hostname}.{pid}', topic, action))
-        self.dispatcher.send('worker-elect-ack', id=id_)
-
     def start(self, c):
         super().start(c)
         self.dispatcher = c.event_dispatcher
@@ -196,71 +165,6 @@ class Gossip(bootsteps.ConsumerStep):
             info('gossip_fast: using the pure-Python fallback (%s)',
                  f'compiled core unavailable: {reason}' if reason
                  else 'GOSSIP_FAST_NO_EXTENSIONS is set or not CPython')
-
-    def on_elect_ack(self, event):
-        id = event.get('id') if isinstance(event, dict) else None
-        try:
-            replies = self.consensus_replies[id]
-        except (KeyError, TypeError):
-            return  # not for us
-        hostname = event.get('hostname')
-        if hostname not in replies:  # duplicate acks count once
-            replies.append(hostname)
-        self._maybe_decide(id)
-
-    def _election_ready(self, id, replies):
-        """Acks from as many hosts as there are alive workers, and a request
-        from every alive worker and from us: every participant then decides
-        on the same set of requests, so exactly one of them wins."""
-        state = self.state
-        if state is not getattr(self._receiver, 'state', None):
-            # a state swapped in by the user: stock's rule, acks counted once
-            return len(replies) >= len(set(state.alive_workers()))
-        if len(replies) < state.alive_count():
-            return False
-        # request ids are 'hostname.pid'; pids have no dots
-        requesters = {request[1].rpartition('.')[0]
-                      for request in self.consensus_requests.get(id, ())}
-        if self.hostname not in requesters:
-            return False
-        return all(worker.hostname in requesters for worker in state.alive_workers())
-
-    def _maybe_decide(self, id):
-        replies = self.consensus_replies.get(id)
-        if replies is None or not self._election_ready(id, replies):
-            return
-        requests = self.consensus_requests.get(id)
-        if requests:
-            _, leader, topic, action = min(
-                requests, key=lambda request: (request[0], request[1]))
-            self.elections['decided'] += 1
-            if leader == self.full_hostname:
-                info('I won the election %r', id)
-                self.elections['won'] += 1
-                try:
-                    handler = self.election_handlers[topic]
-                except KeyError:
-                    logger.exception('Unknown election topic %r', topic)
-                else:
-                    self._call_handlers((handler,), action)
-            else:
-                info('node %s elected for %r', leader, id)
-        self._forget_election(id)
-
-    def _forget_election(self, id):
-        self.consensus_requests.pop(id, None)
-        self.consensus_replies.pop(id, None)
-        self._election_started.pop(id, None)
-
-    def _expire_elections(self, now):
-        for id, started in list(self._election_started.items()):
-            if id in self.consensus_replies:
-                self._maybe_decide(id)  # a participant may have died
-            if id in self._election_started and now - started > ELECTION_TIMEOUT:
-                if id in self.consensus_replies:
-                    logger.warning('election %r timed out without a result', id)
-                    self.elections['timed_out'] += 1
-                self._forget_election(id)
 
     # -- membership callbacks -----------------------------------------------
 
@@ -294,22 +198,8 @@ class Gossip(bootsteps.ConsumerStep):
     # -- bad input -----------------------------------------------------------
 
     def _reject(self, reason, hostname, detail):
-        """Count bad input and log it, at most once per reason per
-        :data:`BAD_INPUT_LOG_INTERVAL` seconds."""
-        (self.sanitized if reason in SANITIZED else self.dropped)[reason] += 1
-        now = monotonic()
-        last = self._bad_input_logged.get(reason)
-        if last is not None and now - last < BAD_INPUT_LOG_INTERVAL:
-            self._bad_input_suppressed[reason] += 1
-            return
-        self._bad_input_logged[reason] = now
-        more = self._bad_input_suppressed.pop(reason, 0)
-        logger.warning(
-            'gossip: %s event from %s: %s %s%s',
-            'cleaned' if reason in SANITIZED else 'dropped',
-            hostname if isinstance(hostname, str) else 'unknown sender',
-            reason, _describe(detail),
-            f' ({more} more like it since the last report)' if more else '')
+        """Count bad input and log it, rate-limited (:mod:`.badinput`)."""
+        self.bad_input.report(reason, hostname, detail)
 
     def _warn_drift(self, worker, drift, received, timestamp):
         logger.warning(
@@ -349,7 +239,7 @@ class Gossip(bootsteps.ConsumerStep):
             for worker in dirty:
                 workers.pop(worker.hostname, None)
         if self._election_started:
-            self._expire_elections(monotonic())
+            self.expire_elections(monotonic())
 
     def _note_behind(self, state, caught_up_at):
         held = len(state.expired()) - len(state.expired(caught_up_at))
@@ -367,7 +257,10 @@ class Gossip(bootsteps.ConsumerStep):
         ev = self.Receiver(channel, routing_key='worker.#',
                            queue_ttl=self.heartbeat_interval)
         self._receiver.accept = prepare_accept_content(ev.accept)
-        if self._start_reader(channel, ev.queue):
+        self._stop_reader()
+        self._driver = fastpath.start(self, channel, ev.queue, self._hub)
+        if self._driver is not None:
+            self._reader = self._driver.reader
             return []  # the fast reader consumes the same queue/channel
         return [Consumer(
             channel,
@@ -385,49 +278,14 @@ class Gossip(bootsteps.ConsumerStep):
         self._receiver.received += 1
         self._reject('decode_error', (message.headers or {}).get('hostname'), exc)
 
-    def _start_reader(self, channel, queue):
-        """Start the fast receive path (gossip_fast.fastpath) if it applies;
-        False means: use kombu's consumer, as stock does."""
-        self._stop_reader()
-        reader = fastpath.reader_for(self, channel, queue)
-        if reader is None:
-            return False
-        try:
-            reader.start()
-        except Exception as exc:  # pylint: disable=broad-except
-            logger.warning('gossip_fast: fast receive path unavailable (%r); '
-                           'using the kombu consumer', exc)
-            reader.stop()
-            return False
-        self._reader = reader
-        self._schedule_drain(reader, reader.max_delay)
-        return True
-
-    def _schedule_drain(self, reader, delay):
-        self._reader_tref = self.timer.call_after(delay, self._drain, (reader,))
-
-    def _drain(self, reader):
-        """The reader's timer callback: drain, then come back after
-        ``reader.next_delay()`` (sooner while it has a backlog)."""
-        if reader is not self._reader:
-            return  # stopped, or replaced by a consumer restart
-        try:
-            reader.drain()
-        finally:
-            if reader is self._reader:
-                self._schedule_drain(reader, reader.next_delay())
-
     def _stop_reader(self):
-        if self._reader_tref is not None:
-            self._reader_tref.cancel()
-            self._reader_tref = None
-        if self._reader is not None:
-            reader, self._reader = self._reader, None
-            reader.stop()
+        driver, self._driver, self._reader = self._driver, None, None
+        if driver is not None:
+            driver.stop()
             # kombu's consumer step closes only the channels of consumers we
             # returned: the reader's channel is ours to close
             try:
-                reader.channel.close()
+                driver.reader.channel.close()
             except Exception:  # pylint: disable=broad-except
                 pass
 
@@ -475,8 +333,9 @@ class Gossip(bootsteps.ConsumerStep):
             'enabled': self.enabled,
             'clock': self.clock.value,
             'events': receiver,
-            'receive': (self._reader.stats() if self._reader is not None
-                        else {'path': 'kombu'}),
+            'receive': (dict(self._reader.stats(), **self._driver.stats())
+                        if self._driver is not None
+                        else {'path': 'kombu', 'why': self.receive_fallback}),
             'dropped': dict(self.dropped),
             'sanitized': dict(self.sanitized),
             'joins': getattr(state, 'joins', None),

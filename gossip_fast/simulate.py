@@ -101,12 +101,12 @@ class SimulatedDispatcher:
 class SimulatedConsumer:
     """The parts of ``celery.worker.consumer.Consumer`` Gossip uses."""
 
-    def __init__(self, app, hostname='local@sim', pid=1000, timer=None):
+    def __init__(self, app, hostname='local@sim', pid=1000, timer=None, hub=None):
         self.app = app
         self.hostname = hostname
         self.pid = pid
-        self.timer = timer
-        self.hub = None
+        self.hub = hub
+        self.timer = hub.timer if hub is not None and timer is None else timer
         self.gossip = None
         self.event_dispatcher = SimulatedDispatcher()
         self.connection = None

@@ -7,8 +7,6 @@ fallback is asked for on purpose (``GOSSIP_FAST_NO_EXTENSIONS=1``, as when
 testing an sdist installed without a compiler).
 """
 import importlib
-import os
-import time
 
 import pytest
 from celery import Celery
@@ -55,8 +53,11 @@ def app():
     return make_app()
 
 
-def make_gossip(cls, app, hostname="local@test", pid=1000, **kwargs):
-    consumer = SimulatedConsumer(app, hostname=hostname, pid=pid)
+def make_gossip(cls, app, hostname="local@test", pid=1000, hub=None, **kwargs):
+    """*cls* on a simulated consumer; with *hub* (kombu's ``Hub``, as a
+    worker of the prefork, solo or threads pool has) the fast receive path
+    can run, driven by the test."""
+    consumer = SimulatedConsumer(app, hostname=hostname, pid=pid, hub=hub)
     gossip = cls(consumer, **kwargs)
     gossip.dispatcher = consumer.event_dispatcher
     return gossip
@@ -74,15 +75,15 @@ def fast_prepare(gossip):
     return gossip._receiver.fast_prepare
 
 
-def assert_drain_scheduled(gossip, timer):
-    """The fast reader's next drain is on *timer* (kombu's), once, due
-    within the reader's ``max_delay``."""
-    reader = gossip._reader
-    assert reader is not None
-    due = [item for item in timer.queue
-           if item.entry.fun == gossip._drain and item.entry.args == (reader,)]
-    assert len(due) == 1, timer.queue
-    assert due[0].eta <= time.monotonic() + reader.max_delay
+def assert_watched(gossip):
+    """The fast reader's socket is watched by the worker's hub, and no
+    drain is on the timer: an idle reader wakes nobody."""
+    driver = gossip._driver
+    assert driver is not None and driver.mode == "watching"
+    fd = gossip._reader.sock.fileno()
+    assert driver.hub.readers[fd] == (driver._on_readable, ())
+    assert not [item for item in driver.timer.queue
+                if item.entry.fun == driver._on_timer and not item.entry.canceled]
 
 
 def pytest_report_header(config):

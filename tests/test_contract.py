@@ -11,7 +11,7 @@ from celery.worker.consumer.gossip import Gossip as StockGossip
 from celery.worker.consumer.mingle import Mingle
 from kombu import Connection
 
-from gossip_fast import bootstep
+from gossip_fast import bootstep, elections
 from gossip_fast.simulate import SimulatedConsumer
 
 from . import wire
@@ -319,7 +319,7 @@ def test_stale_elections_expire(gossip, fast_prepare):
     gossip.on_message(fast_prepare, wire.heartbeat("a@x"))
     gossip.election("e3", "record", None)
     elect(gossip, fast_prepare, "late", "a@x", clock=1)  # a request after the result
-    later = time.monotonic() + bootstep.ELECTION_TIMEOUT + 1
+    later = time.monotonic() + elections.ELECTION_TIMEOUT + 1
     with patch.object(bootstep, "monotonic", lambda: later):
         gossip.periodic()
     assert gossip.consensus_requests == {} and gossip.consensus_replies == {}

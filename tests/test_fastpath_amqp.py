@@ -8,17 +8,12 @@ and drains the reader.  The reference is the same bootstep forced to kombu's
 classic consumer (``gossip_fast_receive = 'classic'``), fed the same events.
 
 The last tests work on the frame parser alone, through a socket pair.
-
-Full CPU measurement (20,000 heartbeats of 2,000 simulated workers at
-1,000/s, fast reader vs kombu consumer, both implementations)::
-
-    python -m tests.test_fastpath_amqp [AMQP_URL] [--total N] [--rate R]
+What the reader costs next to kombu's consumer is measured by
+``python -m benchmarks.amqp_reader`` (a benchmark, not a test).
 """
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import types
@@ -31,14 +26,14 @@ from amqp.serialization import dumps
 from celery import Celery
 from celery.events.event import get_exchange
 from kombu import Connection, Producer
+from kombu.asynchronous import Hub
 from kombu.asynchronous.timer import Timer
 
 from gossip_fast.fastpath.amqp import AMQPClosed, AMQPFrameError, AMQPReader
 from gossip_fast.simulate import event_body, heartbeat_body
 
-from .conftest import assert_drain_scheduled, gossip_class, load_core, make_gossip
+from .conftest import assert_watched, gossip_class, make_gossip
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ME = "local@test"
 LOAD = dict(loadavg=[0.17, 0.36, 0.46], sw_ident="py-celery", sw_ver="5.7.0", sw_sys="Linux")
 FIELDS = ("hostname", "pid", "freq", "clock", "active", "processed", "loadavg", "sw_ident",
@@ -56,9 +51,9 @@ class Node:
         self.app = Celery("t", broker=url, set_as_current=False)
         self.app.conf.gossip_fast_receive = "classic" if classic else "auto"
         self.app.conf.update(conf or {})
+        self.hub = Hub(Timer())  # kombu's, as the worker's event loop
         self.gossip = make_gossip(gossip_class(core), self.app, hostname=hostname,
-                                  **gossip_options)
-        self.gossip.timer = Timer()  # kombu's, as the worker's hub uses
+                                  hub=self.hub, **gossip_options)
         self.connection = Connection(url, **(connection_options or {}))
         self.channel = self.connection.channel()
         self.consumers = self.gossip.get_consumers(self.channel)
@@ -122,6 +117,7 @@ class Node:
 
     def close(self):
         self.gossip._stop_reader()
+        self.hub.close()
         self.connection.release()
 
 
@@ -222,7 +218,7 @@ def test_get_consumers_starts_the_reader(nodes):
     reader = node.reader
     assert isinstance(reader, AMQPReader)
     assert node.consumers == []
-    assert_drain_scheduled(node.gossip, node.gossip.timer)
+    assert_watched(node.gossip)
     # its own connection, with the consumer connection's settings
     assert reader.conn is not node.connection
     mine, theirs = reader.conn.info(), node.connection.info()
@@ -377,7 +373,7 @@ def test_flood_over_budget_sheds_only_superseded_heartbeats(nodes, publisher):
     publisher.send("new5@flood", "worker-offline", freq=2.0, **LOAD)
     total = publisher.count
     time.sleep(0.5)   # let the broker push everything into our socket
-    node.drain(lambda node: node.received + reader.shed >= total and not reader._pending,
+    node.drain(lambda node: node.received + reader.shed >= total and not reader.pending,
                timeout=30)
     assert reader.shed > 0
     assert node.received + reader.shed == total
@@ -418,7 +414,7 @@ def test_broker_restart_reconnects_with_backoff(core, rabbitmq_server, nodes, ur
 
     def spy(exc, now):
         failed(exc, now)
-        delays.append(round(reader._retry_at - now, 3))
+        delays.append(round(reader.retry_at - now, 3))
 
     reader._failed = spy
     restart = threading.Thread(target=rabbitmq_server.restart)
@@ -580,7 +576,7 @@ def test_parser_split_anywhere(wired):
     assert applied(gossip) == 3
     assert set(gossip.state.workers) == {"w0@x", "w1@x", "w2@x"}
     assert gossip.state.workers["w2@x"].blob == "y" * 300
-    assert reader._buf == b"" and reader._pending == []
+    assert reader._buf == b"" and reader.pending == []
 
 
 def test_bytes_buffered_by_py_amqp_are_not_lost(wired):
@@ -657,8 +653,8 @@ def test_drain_reconnects_after_a_parse_error(wired, monkeypatch):
     broker.sendall(b"\x01\x00\x01\x00\x00\x00\x04\x00\x3c\x00\x3c\x00")
     time.sleep(0.05)
     assert reader.drain() == 0
-    assert reader.errors == 1 and reader._sock is None and reader._retry_at is not None
-    reader._retry_at = time.monotonic()
+    assert reader.errors == 1 and reader.sock is None and reader.retry_at is not None
+    reader.retry_at = time.monotonic()
     reader.drain()
     assert connects == [1] and reader.reconnects == 1
 
@@ -748,101 +744,3 @@ def test_shed_beyond_max_pending_drops_the_oldest_heartbeats(wired):
     reader.shed_superseded(pending)
     assert [p[2] for p in pending] == [b"on", b"3", b"4", b"5"]
     assert reader.shed == 3
-
-
-# -- CPU per heartbeat -----------------------------------------------------------------
-
-
-def publish_heartbeats(url, workers, total, rate):
-    """Byte-realistic heartbeats of *workers* simulated workers, *rate* per
-    second (py-amqp; run in its own process)."""
-    conn = Connection(url)
-    conn.connect()
-    channel = conn.connection.channel()
-    names = [f"sim{i}@node{i % 64}" for i in range(workers)]
-    started = time.monotonic()
-    for n in range(total):
-        i = n % workers
-        message = amqp.Message(
-            heartbeat_body(names[i], n + 1, time.time(), pid=10_000 + i),
-            content_type="application/json", content_encoding="utf-8",
-            application_headers={"hostname": names[i]}, delivery_mode=1, priority=0)
-        channel.basic_publish(message, exchange="celeryev", routing_key="worker.heartbeat")
-        delay = started + (n + 1) / rate - time.monotonic()
-        if delay > 0.002:
-            time.sleep(delay)
-    conn.release()
-
-
-def measure(core, url, classic, workers, total, rate):
-    """CPU seconds of this process per heartbeat received, while another
-    process publishes them: the reader drained every 0.1 s as the worker's
-    timer does, or kombu's consumer with ``drain_events``."""
-    node = Node(core, url, classic=classic)
-    try:
-        publisher = subprocess.Popen(
-            [sys.executable, "-c",
-             "from tests.test_fastpath_amqp import publish_heartbeats as p; "
-             f"p({url!r}, {workers}, {total}, {rate})"], cwd=ROOT)
-        reader = node.reader
-        limit = time.monotonic() + total / rate + 30
-        cpu = time.process_time()
-        if classic:
-            while node.received < total and time.monotonic() < limit:
-                try:
-                    node.connection.drain_events(timeout=0.1)
-                except socket.timeout:
-                    pass
-        else:
-            while node.received + reader.shed < total and time.monotonic() < limit:
-                reader.drain()
-                time.sleep(reader.max_delay)
-        cpu = time.process_time() - cpu
-        publisher.wait(30)
-        assert node.received > 0.9 * total, node.gossip.stats()
-        return cpu / node.received, node.gossip.stats()
-    finally:
-        node.close()
-
-
-@pytest.mark.broker
-def test_cpu_per_heartbeat_against_kombu(core, url):
-    fast, fast_stats = measure(core, url, False, 500, 1500, 1500)
-    classic, _ = measure(core, url, True, 500, 1500, 1500)
-    print(f"\n{core.__name__}: fast {fast * 1e6:.1f} us, kombu {classic * 1e6:.1f} us "
-          f"per heartbeat ({classic / fast:.1f}x); {fast_stats['receive']}")
-    assert fast_stats["tracked_workers"] == 500
-    assert fast * 3 < classic
-
-
-def main(argv):
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("url", nargs="?", help="AMQP URL (default: start a broker)")
-    parser.add_argument("--workers", type=int, default=2000)
-    parser.add_argument("--total", type=int, default=20000)
-    parser.add_argument("--rate", type=float, default=1000.0)
-    args = parser.parse_args(argv)
-    server = None
-    if args.url is None:
-        from tests.brokers import RabbitMQServer
-        server = RabbitMQServer().start()
-        args.url = server.url
-    try:
-        print(f"{args.total} heartbeats of {args.workers} workers at {args.rate:g}/s, "
-              f"CPU of the receiving process per heartbeat:")
-        for name in ("cython", "python"):
-            core = load_core(name)
-            fast, stats = measure(core, args.url, False, args.workers, args.total, args.rate)
-            classic, _ = measure(core, args.url, True, args.workers, args.total, args.rate)
-            print(f"  {name:6}: fast reader {fast * 1e6:6.1f} us   kombu consumer "
-                  f"{classic * 1e6:6.1f} us   ({classic / fast:.1f}x)   "
-                  f"shed {stats['receive']['shed']}", flush=True)
-    finally:
-        if server is not None:
-            server.stop()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

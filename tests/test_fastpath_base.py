@@ -1,27 +1,36 @@
-"""The transport-independent part of the fast receive path
-(``gossip_fast.fastpath.base``): reconnect backoff, drain scheduling while
-behind, shedding superseded heartbeats, and the sweep while behind.  The Redis and RabbitMQ readers are tested on real brokers in
+"""The transport-independent part of the fast receive path: the reader base
+(``gossip_fast.fastpath.base``: reconnect backoff, the backlog, shedding
+superseded heartbeats, the sweep while behind) and its driver on the
+worker's event loop (``gossip_fast.fastpath.loop``: wake on data, batch
+under load, housekeeping, the socket leaving the hub before it closes).
+
+The Redis and RabbitMQ readers are tested on real brokers in
 test_fastpath_redis.py and test_fastpath_amqp.py; here a reader of a list
-stands for the socket, so that the base logic is checked without timing."""
+stands for the broker, with a real socket pair for its connection and
+kombu's real ``Hub`` for the event loop, so the logic is checked without
+depending on timing."""
+import socket
 import time
 import types
 
 import pytest
+from kombu.asynchronous import Hub
 from kombu.asynchronous.timer import Timer
 
 from gossip_fast.fastpath.base import Reader, coalesce
+from gossip_fast.fastpath.loop import HubDriver
 from gossip_fast.simulate import heartbeat_body
 
-from .conftest import assert_drain_scheduled
-
+from .conftest import assert_watched
 
 #: All that ``Reader.__init__`` reads of a kombu channel.
 NO_CHANNEL = types.SimpleNamespace(connection=types.SimpleNamespace(client=None))
 
 
 class ListReader(Reader):
-    """Reads ``(routing_key, headers, body)`` items from ``incoming``,
-    applying at most ``per_drain`` of them per drain; the rest is held."""
+    """Its "broker" is ``incoming`` (on_raw arguments) and the far end of a
+    socket pair: :meth:`send` queues events and writes a byte.  Applies at
+    most ``per_drain`` events per drain (a stand-in for the budget)."""
 
     name = "list"
 
@@ -29,30 +38,51 @@ class ListReader(Reader):
         super().__init__(gossip, NO_CHANNEL, None)
         self.per_drain = per_drain
         self.incoming = []
-        self.held = []
         self.fail = None
         self.connects = 0
+        self.peer = None
+        self.closed = []   # sockets closed, in order
 
     def connect(self):
+        self.close()
         self.connects += 1
         if self.fail is not None:
             raise self.fail
+        ours, self.peer = socket.socketpair()
+        ours.setblocking(False)
+        self.sock = ours
 
-    def close(self):
-        pass
-
-    def read(self, deadline):
+    def fill(self, deadline):
         if self.fail is not None:
             raise self.fail
-        self.held.extend(self.incoming)
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                break
+            if not data:
+                raise ConnectionError("closed")
+            self.bytes_read += len(data)
+        self.pending.extend(self.incoming)
         self.incoming = []
-        now, self.held = self.held[:self.per_drain], self.held[self.per_drain:]
-        for item in now:
-            self.receiver.on_raw(*item)
-        return len(now)
 
-    def backlog(self):
-        return bool(self.held or self.incoming)
+    def apply_pending(self, deadline):
+        later = self.pending[self.per_drain:]
+        del self.pending[self.per_drain:]
+        done = super().apply_pending(deadline)
+        self.pending.extend(later)
+        return done
+
+    def disconnect(self):
+        for sock in (self._sock, self.peer):
+            if sock is not None:
+                self.closed.append(sock)
+                sock.close()
+        self.peer = None
+
+    def send(self, *items):
+        self.incoming.extend(items)
+        self.peer.send(b"x")
 
 
 def heartbeat(hostname, freq=2.0, clock=1):
@@ -61,12 +91,44 @@ def heartbeat(hostname, freq=2.0, clock=1):
 
 
 @pytest.fixture
-def reader(gossip):
-    gossip.timer = Timer()
-    reader = ListReader(gossip)
-    gossip._reader = reader
-    gossip._schedule_drain(reader, reader.max_delay)
-    return reader
+def hub():
+    hub = Hub(Timer())
+    yield hub
+    hub.close()
+
+
+@pytest.fixture
+def driver(gossip, hub):
+    gossip.timer = hub.timer
+    driver = HubDriver(ListReader(gossip), hub)
+    driver.start()
+    driver._last_drain -= 1.0        # started a while ago: a quiet spell since
+    gossip._driver, gossip._reader = driver, driver.reader
+    yield driver
+    gossip._stop_reader()
+
+
+def timed(driver):
+    """The timed drains due (their timer entries)."""
+    return [item for item in driver.timer.queue
+            if item.entry.fun == driver._on_timer and not item.entry.canceled]
+
+
+def fire(driver):
+    """The timed drain due, as the timer runs it (once)."""
+    [due] = timed(driver)
+    due.entry.cancel()   # fired: out of the queue
+    driver._on_timer()
+
+
+def turn(hub, times=1):
+    """Turns of the worker's event loop (each waits at most a short while)."""
+    loop = hub.create_loop()
+    for _ in range(times):
+        next(loop)
+
+
+# -- the reader ---------------------------------------------------------------------
 
 
 def test_backoff_doubles_up_to_its_cap_and_resets(gossip):
@@ -75,75 +137,57 @@ def test_backoff_doubles_up_to_its_cap_and_resets(gossip):
     reader.fail = ConnectionRefusedError(111, "Connection refused")
     waits = []
     now = time.monotonic()
-    reader.drain()                   # read fails: lost the connection
+    reader.drain()                   # fill fails: lost the connection
     for _ in range(6):
-        waits.append(round(reader._retry_at - now, 3))
+        waits.append(round(reader.retry_at - now, 3))
         assert reader.drain() == 0   # still waiting: no connect attempt
-        reader._retry_at = now = time.monotonic()
+        reader.retry_at = now = time.monotonic()
         reader.drain()               # connect refused
     assert waits == [0.1, 0.2, 0.4, 0.5, 0.5, 0.5]
     assert reader.errors == 7 and reader.reconnects == 0 and reader.connects == 6
     reader.fail = None
-    reader._retry_at = time.monotonic()
+    reader.retry_at = time.monotonic()
     reader.drain()
-    assert reader.reconnects == 1 and reader._backoff is None and reader._retry_at is None
+    assert reader.reconnects == 1 and reader._backoff is None and reader.retry_at is None
+    reader.stop()
 
 
-def test_next_drain_comes_sooner_while_behind(gossip, reader):
-    reader.per_drain = 10
-    reader.incoming = [heartbeat(f"w{i}@x") for i in range(25)]
-    assert reader.next_delay() == reader.catchup_delay
-    gossip._drain(reader)
-    assert len(gossip.state.workers) == 10
-    due = [item for item in gossip.timer.queue if item.entry.fun == gossip._drain]
-    assert len(due) == 2  # the first schedule (still queued here) and the catch-up
-    assert min(item.eta for item in due) <= time.monotonic() + reader.catchup_delay
-    gossip._drain(reader)
-    gossip._drain(reader)
-    assert len(gossip.state.workers) == 25 and not reader.backlog()
-    assert reader.next_delay() == reader.max_delay
-    reader._retry_at = time.monotonic() + 5   # disconnected: no busy loop
-    reader.held = [heartbeat("late@x")]
-    assert reader.next_delay() == reader.max_delay
+def test_events_read_before_a_lost_connection_are_applied_after_it(gossip):
+    reader = ListReader(gossip, per_drain=1)
+    reader.start()
+    reader.send(heartbeat("a@x"), heartbeat("b@x"), heartbeat("c@x"))
+    reader.fail = ConnectionResetError(104, "reset")
+    reader.incoming = []
+    reader.drain()                   # fill fails: nothing was read this time
+    reader.fail = None
+    reader.pending.extend([heartbeat("a@x"), heartbeat("b@x")])
+    reader.retry_at = time.monotonic()
+    reader.drain()                   # reconnected: the held ones are applied
+    reader.drain()
+    assert set(gossip.state.workers) == {"a@x", "b@x"} and not reader.pending
+    reader.stop()
 
 
-def test_stopped_reader_is_not_rescheduled(gossip, reader):
-    gossip._stop_reader()
-    assert gossip._reader is None
-    before = len(gossip.timer.queue)
-    gossip._drain(reader)            # a late timer entry
-    assert len(gossip.timer.queue) == before and reader.batches == 0
-
-
-def test_a_drain_that_raises_still_reschedules(gossip, reader, monkeypatch):
-    def broken(deadline):
-        raise RuntimeError("bug")
-    monkeypatch.setattr(Reader, "drain", lambda self: broken(0))
-    gossip.timer = Timer()
-    with pytest.raises(RuntimeError):
-        gossip._drain(reader)
-    assert_drain_scheduled(gossip, gossip.timer)
-
-
-def test_sweep_while_behind_is_as_of_when_the_reader_caught_up(gossip, reader, caplog):
+def test_sweep_while_behind_is_as_of_when_the_reader_caught_up(gossip, driver, caplog):
     """While the reader has a backlog, the sweep judges liveness as of the
     last time it had applied all it had read: no peer is lost for a
     heartbeat still held; afterwards, the sweep is the usual one."""
+    reader = driver.reader
     lost = []
     gossip.on.node_lost.add(lambda worker: lost.append(worker.hostname))
-    reader.incoming = [heartbeat("held@x", freq=0.05), heartbeat("gone@x", freq=0.05)]
-    gossip._drain(reader)
+    reader.send(heartbeat("held@x", freq=0.05), heartbeat("gone@x", freq=0.05))
+    reader.drain()
     caught_up = reader.caught_up_at
     reader.per_drain = 0             # from now on nothing is applied by drains
-    reader.incoming = [heartbeat("other@x"), heartbeat("held@x", freq=0.05, clock=2)]
-    gossip._drain(reader)
+    reader.send(heartbeat("other@x"), heartbeat("held@x", freq=0.05, clock=2))
+    reader.drain()
     assert reader.caught_up_at == caught_up and reader.backlog()
     time.sleep(0.12)                 # both entries expired (2 x 0.05 s)
     gossip.periodic()
     assert lost == [] and set(gossip.state.workers) == {"held@x", "gone@x"}
     assert "judged again once it has caught up" in caplog.text
     reader.per_drain = 1000
-    gossip._drain(reader)            # caught up: held@x's heartbeat applied
+    reader.drain()                   # caught up: held@x's heartbeat applied
     assert not reader.backlog() and reader.caught_up_at > caught_up
     gossip.periodic()
     assert lost == ["gone@x"]
@@ -194,10 +238,121 @@ def test_held_events_are_untracked_with_the_compiled_core(gossip):
     reader = Reader(gossip, NO_CHANNEL, None)
     item = heartbeat("a@x")
     assert gc.is_tracked(item)
-    assert reader._held(item) is item
+    assert reader.held(item) is item
     core = gossip.core
     if core.__name__ == "gossip_fast._core":
-        assert reader._held is core.held and reader._coalesce is core.coalesce
+        assert reader.held is core.held and reader._coalesce is core.coalesce
         assert not gc.is_tracked(item)
     else:
         assert not hasattr(core, "held") and gc.is_tracked(item)
+
+
+# -- the driver: wake on data ----------------------------------------------------------
+
+
+def test_an_idle_reader_is_watched_and_sets_no_timer(gossip, driver):
+    assert_watched(gossip)
+    assert driver.wakeups == {"readable": 0, "timer": 0, "housekeeping": 0}
+
+
+def test_data_after_a_quiet_spell_is_drained_at_once(gossip, driver, hub):
+    driver.reader.send(heartbeat("a@x"))
+    turn(hub)
+    assert "a@x" in gossip.state.workers
+    assert driver.wakeups["readable"] == 1 and driver.wakeups["timer"] == 0
+    assert_watched(gossip)           # a lone event: back to watching at once
+
+
+def test_data_within_max_delay_of_a_drain_is_batched(gossip, driver, hub):
+    reader = driver.reader
+    reader.send(heartbeat("a@x"))
+    turn(hub)                        # drained at once
+    reader.send(heartbeat("b@x"))
+    driver._on_readable()            # too soon after that drain
+    assert driver.mode == "polling" and not hub.readers
+    [due] = timed(driver)
+    assert due.eta <= time.monotonic() + reader.max_delay
+    reader.send(heartbeat("c@x"))
+    fire(driver)               # the batch: b and c together
+    assert {"b@x", "c@x"} <= set(gossip.state.workers)
+    assert driver.mode == "polling" and len(timed(driver)) == 1  # it flowed: poll on
+    fire(driver)               # nothing came since: watch again
+    assert_watched(gossip)
+
+
+def test_a_backlog_brings_the_next_drain_sooner(gossip, driver):
+    reader = driver.reader
+    reader.per_drain = 10
+    reader.send(*[heartbeat(f"w{i}@x") for i in range(25)])
+    driver._on_readable()
+    assert len(gossip.state.workers) == 10 and driver.mode == "polling"
+    [due] = timed(driver)
+    assert due.eta <= time.monotonic() + reader.catchup_delay
+    fire(driver)
+    fire(driver)
+    assert len(gossip.state.workers) == 25 and not reader.backlog()
+
+
+def test_a_lost_connection_unwatches_before_closing_and_watches_the_new_one(gossip, driver):
+    reader = driver.reader
+    old = reader.sock
+    old_fd = old.fileno()
+    seen = []
+    remove = driver.hub.remove_reader
+    driver.hub.remove_reader = lambda fd: (seen.append((fd, old.fileno())), remove(fd))
+    reader.peer.close()              # the broker goes away
+    driver._on_readable()
+    # the descriptor left the hub while the socket was still open
+    assert seen == [(old_fd, old_fd)] and old.fileno() == -1
+    assert driver.mode == "polling" and reader.retry_at is not None
+    [due] = timed(driver)
+    assert due.eta <= reader.retry_at + 0.01
+    reader.retry_at = time.monotonic()
+    fire(driver)               # reconnected
+    assert reader.reconnects == 1 and reader.sock is not old
+    assert_watched(gossip)
+
+
+def test_a_failed_reconnect_waits_on_the_timer_without_watching(gossip, driver):
+    reader = driver.reader
+    reader.fail = ConnectionRefusedError(111, "Connection refused")
+    driver._on_readable()            # fill fails
+    assert not driver.hub.readers and reader.sock is None
+    reader.retry_at = time.monotonic()
+    fire(driver)               # connect refused: back off again
+    assert not driver.hub.readers and len(timed(driver)) == 1
+    assert reader.retry_at > time.monotonic()
+
+
+def test_housekeeping_drains_an_idle_reader(gossip, driver, monkeypatch):
+    reader = driver.reader
+    drains = []
+    monkeypatch.setattr(reader, "drain", lambda: drains.append(1) or 0)
+    driver._last_drain = time.monotonic()
+    driver._on_housekeeping()        # just drained: nothing to do
+    assert drains == []
+    driver._last_drain -= reader.housekeeping_interval()
+    driver._on_housekeeping()
+    assert drains == [1] and driver.wakeups["housekeeping"] == 1
+    assert_watched(gossip)
+
+
+def test_stop_unwatches_cancels_and_closes(gossip, driver, hub):
+    reader = driver.reader
+    sock = reader.sock
+    reader.send(heartbeat("a@x"))
+    driver._on_readable()
+    driver._on_readable()            # polling now: a timer is set
+    gossip._stop_reader()
+    assert not hub.readers and not timed(driver) and sock.fileno() == -1
+    assert gossip._driver is None and gossip._reader is None
+    driver._on_timer()               # a late entry does nothing
+    assert reader.batches == 1 and driver.mode == "stopped"
+
+
+def test_a_drain_that_raises_does_not_escape_the_event_loop(gossip, driver, monkeypatch):
+    def broken():
+        raise RuntimeError("bug")
+    monkeypatch.setattr(driver.reader, "drain", broken)
+    driver._on_readable()            # logged, not raised
+    assert driver.mode == "watching"

@@ -20,6 +20,7 @@ import uuid
 import pytest
 import redis
 from celery import Celery
+from kombu.asynchronous import Hub
 from kombu.asynchronous.timer import Timer
 from kombu.compression import compress
 
@@ -27,7 +28,7 @@ from gossip_fast import fastpath
 from gossip_fast.simulate import event_body, heartbeat_body
 
 from .brokers import free_port
-from .conftest import assert_drain_scheduled, gossip_class, make_gossip
+from .conftest import assert_watched, gossip_class, make_gossip
 
 pytest.importorskip("hiredis")
 pytest.importorskip("msgspec")
@@ -49,8 +50,10 @@ class Node:
         self.app.conf.gossip_fast_receive = mode
         if transport_options:
             self.app.conf.broker_transport_options = transport_options
-        self.gossip = make_gossip(gossip_class(core), self.app, hostname=hostname)
-        self.timer = self.gossip.timer = Timer()  # kombu's, as the worker's hub uses
+        self.hub = Hub(Timer())  # kombu's, as the worker's event loop
+        self.gossip = make_gossip(gossip_class(core), self.app, hostname=hostname,
+                                  hub=self.hub)
+        self.timer = self.hub.timer
         self.log = []
         for kind in ("node_join", "node_leave"):
             getattr(self.gossip.on, kind).add(
@@ -103,6 +106,7 @@ class Node:
 
     def close(self):
         self.gossip._stop_reader()
+        self.hub.close()
         for consumer in self.consumers:
             try:
                 consumer.cancel()
@@ -197,7 +201,7 @@ def test_get_consumers_uses_the_reader(nodes):
     node = nodes()
     assert node.consumers == []
     assert isinstance(node.reader, RedisReader)
-    assert_drain_scheduled(node.gossip, node.timer)
+    assert_watched(node.gossip)
     assert node.reader._topics == ("/0.celeryev/worker.*",)
     # declared and bound on the consumer's channel as kombu's Consumer does
     queue = node.reader.queue.name
@@ -216,7 +220,8 @@ def test_missing_hiredis_falls_back_to_kombu(nodes, monkeypatch):
     monkeypatch.delitem(sys.modules, "gossip_fast.fastpath.redis")
     with pytest.raises(ImportError):
         import gossip_fast.fastpath.redis  # noqa: F401
-    assert fastpath.reader_for(node.gossip, node.channel, queue) is None
+    assert fastpath.start(node.gossip, node.channel, queue, node.hub) is None
+    assert "hiredis" in node.gossip.receive_fallback
 
 
 # -- same result as kombu's consumer --------------------------------------------------
@@ -435,10 +440,10 @@ def test_flood_sheds_only_old_heartbeats_and_stays_bounded(nodes, raw_publish):
     reader.drain()
     assert reader.shed > 0
     # the backlog is compacted: at most one heartbeat per sender, and the rest
-    assert len(reader._pending) <= len(senders) + len(others)
+    assert len(reader.pending) <= len(senders) + len(others)
     reader.budget = 0.02
     fast.drain_until(lambda: fast.received() + reader.shed == len(items)
-                     and not reader._pending)
+                     and not reader.pending)
     stats = fast.gossip.stats()
     assert stats["events"]["applied"] == fast.received()
     assert reader.errors == 0 and reader.bad_envelopes == 0
@@ -492,7 +497,7 @@ def test_resp3_pushes_and_resp2_arrays_are_both_understood(nodes):
     reader._parser.feed(frame(b"*", one) + frame(b">", two) + b"+PONG\r\n"
                         + b"*2\r\n$4\r\npong\r\n$0\r\n\r\n")
     reader._parse()
-    assert len(reader._pending) == 2
+    assert len(reader.pending) == 2
     reader.drain()
     assert {"p1@h", "p2@h"} <= set(fast.gossip.state.workers)
 
@@ -533,14 +538,14 @@ def test_no_peer_is_lost_for_a_heartbeat_held_in_the_backlog(nodes, raw_publish)
     node.gossip.on.node_lost.add(lambda worker: lost.append(worker.hostname))
     raw_publish([beat("held@h", 1, freq=0.1), beat("gone@h", 2, freq=0.1)])
     node.wait_received(2)
-    reader._apply = lambda deadline: 0          # too busy: drains only read and hold
+    reader.apply_pending = lambda deadline: 0          # too busy: drains only read and hold
     raw_publish([beat("held@h", 3, freq=0.1)] + [beat(f"o{i}@h", 4) for i in range(20)])
-    node.drain_until(lambda: len(reader._pending) == 21)
+    node.drain_until(lambda: len(reader.pending) == 21)
     time.sleep(0.25)                             # both entries expired
     node.gossip.periodic()
     assert lost == [] and node.gossip.stats()["sweeps_held_back"] == 1
     assert reader.stats()["behind_s"] > 0.2
-    del reader._apply
+    del reader.apply_pending
     node.drain_until(lambda: not reader.backlog())
     assert node.gossip.state.workers["held@h"].clock == 3
     node.gossip.periodic()
@@ -565,7 +570,7 @@ def test_a_drain_stays_near_its_budget(nodes, raw_publish):
     gc.collect()
     gc.disable()
     try:
-        while fast.received() + reader.shed < len(items) or reader._pending:
+        while fast.received() + reader.shed < len(items) or reader.pending:
             assert time.monotonic() < deadline, reader.stats()
             started = time.process_time()
             reader.drain()
@@ -593,11 +598,11 @@ def test_broker_restart_reconnects_with_backoff_and_resubscribes(nodes, redis_se
     fast.wait_received(1)
     redis_server.restart()
     assert reader.drain() == 0  # the lost connection: counted, not raised
-    assert reader.errors == 1 and reader._sock is None
+    assert reader.errors == 1 and reader.sock is None
     assert reader._backoff == 2 * reader.backoff_start
     assert reader.drain() == 0  # still waiting out the backoff
     assert reader.reconnects == 0
-    reader._retry_at = time.monotonic()  # the backoff is over
+    reader.retry_at = time.monotonic()  # the backoff is over
     reader.drain()
     assert reader.reconnects == 1 and reader._sock is not None
     assert reader._backoff is None  # reset: the next failure waits backoff_start
@@ -613,18 +618,18 @@ def test_broker_restart_reconnects_with_backoff_and_resubscribes(nodes, redis_se
 def test_failed_reconnects_back_off_exponentially(nodes, monkeypatch):
     reader = nodes().reader
     reader.close()
-    reader._retry_at = time.monotonic()
+    reader.retry_at = time.monotonic()
     monkeypatch.setattr(reader, "_open", lambda: (_ for _ in ()).throw(
         ConnectionRefusedError("down")))
     waits = []
     for _ in range(4):
-        reader._retry_at = time.monotonic()
+        reader.retry_at = time.monotonic()
         reader.drain()
-        waits.append(reader._retry_at - time.monotonic())
+        waits.append(reader.retry_at - time.monotonic())
     assert reader.errors == 4 and reader.reconnects == 0
     assert all(later > 1.5 * earlier for earlier, later in zip(waits, waits[1:]))
     monkeypatch.undo()
-    reader._retry_at = time.monotonic()
+    reader.retry_at = time.monotonic()
     reader.drain()
     assert reader.reconnects == 1 and reader._sock is not None
 
@@ -637,7 +642,7 @@ def test_stop_closes_the_socket(nodes, redis_server):
     before = client.pubsub_numpat()
     assert before >= 1
     fast.gossip._stop_reader()
-    assert reader._sock is None and reader._conn is None
+    assert reader.sock is None and reader._conn is None
     assert sock.fileno() == -1
     deadline = time.monotonic() + 5
     while client.pubsub_numpat() != before - 1:
@@ -666,11 +671,11 @@ def test_silent_broker_is_pinged_then_dropped(nodes, redis_server):
         reader.drain()  # PING, unanswered
         time.sleep(0.15)
         reader.drain()
-        assert reader.errors == 1 and reader._sock is None
+        assert reader.errors == 1 and reader.sock is None
     finally:
         client.execute_command("CLIENT", "UNPAUSE")
         client.close()
-    reader._retry_at = time.monotonic()
+    reader.retry_at = time.monotonic()
     reader.drain()
     assert reader.reconnects == 1
 
@@ -735,4 +740,4 @@ def test_sentinel_transport(core, sentinel, redis_server, compat):
     finally:
         fast.close()
         classic.close()
-    assert reader._sentinel_manager is None and reader._sock is None
+    assert reader._sentinel_manager is None and reader.sock is None

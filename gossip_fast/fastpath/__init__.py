@@ -5,20 +5,23 @@ event loop: one wake-up, one envelope parse and one Python frame parse per
 event, which costs far more than handling the event.  A *reader* here keeps
 the wire protocol (the same exchange, routing keys, queue and bodies) but
 opens its own connection, from the consumer's connection settings, and
-drains it on the worker's timer every ``max_delay`` seconds (0.1 by
-default), handing raw parts to ``Receiver.on_raw``.
+hands raw parts to ``Receiver.on_raw`` in batches (:mod:`.base`); the
+worker's event loop runs it when its socket has data (:mod:`.loop`).
 
-Selection (``reader_for``): ``app.conf.gossip_fast_receive`` or the
+Selection (:func:`select`): ``app.conf.gossip_fast_receive`` or the
 environment variable ``GOSSIP_FAST_RECEIVE``: ``"auto"`` (default: the fast
-reader for Redis and RabbitMQ when its library is installed, else kombu) or
-``"classic"`` (always kombu's consumer, as stock).  ``gossip_fast_max_delay``
-/ ``GOSSIP_FAST_MAX_DELAY`` bounds the added delay in seconds.
+reader for Redis and RabbitMQ when its library is installed and the worker
+has an event loop, else kombu) or ``"classic"`` (always kombu's consumer, as
+stock).  ``gossip_fast_max_delay`` / ``GOSSIP_FAST_MAX_DELAY`` bounds the
+delay it adds, in seconds.
 """
 import os
 
 from celery.utils.log import get_logger
 
-__all__ = ('reader_for', 'receive_mode', 'max_delay', 'MODES')
+from .loop import HubDriver
+
+__all__ = ('select', 'start', 'receive_mode', 'max_delay', 'MODES', 'DEFAULT_MAX_DELAY')
 
 logger = get_logger(__name__)
 
@@ -26,44 +29,86 @@ MODES = ('auto', 'classic')
 DEFAULT_MAX_DELAY = 0.1
 
 
-def _setting(app, name, env, default):
+def _setting(app, name, env, default, kinds):
+    """A setting from the environment, else the app's configuration.
+
+    A configured value of the wrong type is an error on a real app; on
+    anything else (a test's ``Mock()`` app, as in Celery's own tests) it
+    is taken as unset."""
     value = os.environ.get(env)
-    if value is None or value == '':
-        value = app.conf.get(name)
-    return default if value is None else value
+    if value:
+        return value
+    value = app.conf.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, kinds):
+        from celery import Celery
+        if isinstance(app, Celery):
+            raise TypeError(f'{name} must be {" or ".join(k.__name__ for k in kinds)}, '
+                            f'not {value!r}')
+        return default
+    return value
 
 
 def receive_mode(app):
-    mode = str(_setting(app, 'gossip_fast_receive', 'GOSSIP_FAST_RECEIVE', 'auto')).lower()
+    mode = str(_setting(app, 'gossip_fast_receive', 'GOSSIP_FAST_RECEIVE', 'auto',
+                        (str,))).lower()
     if mode not in MODES:
         raise ValueError(f'gossip_fast_receive must be one of {MODES}, not {mode!r}')
     return mode
 
 
 def max_delay(app):
-    value = float(_setting(app, 'gossip_fast_max_delay', 'GOSSIP_FAST_MAX_DELAY',
-                           DEFAULT_MAX_DELAY))
+    value = _setting(app, 'gossip_fast_max_delay', 'GOSSIP_FAST_MAX_DELAY',
+                     DEFAULT_MAX_DELAY, (int, float, str))
+    try:
+        value = float(value)
+    except ValueError:
+        raise ValueError(f'gossip_fast_max_delay must be a number of seconds, '
+                         f'not {value!r}') from None
     if not 0.0 < value <= 5.0:
         raise ValueError(f'gossip_fast_max_delay must be in (0, 5] seconds, not {value!r}')
     return value
 
 
-def reader_for(gossip, channel, queue):
-    """A started-able reader for *channel*'s transport, or None for kombu's
-    classic consumer (classic mode, another transport, or a missing
-    library)."""
-    app = gossip.app
+def select(app, channel, hub):
+    """``(reader class, None)`` for the fast path, or ``(None, why)`` for
+    kombu's consumer: classic mode, no event loop, another transport, or
+    a missing library."""
     if receive_mode(app) == 'classic':
-        return None
-    driver = channel.connection.client.transport.driver_type
+        return None, 'gossip_fast_receive is classic'
+    if hub is None:
+        return None, 'no event loop in this pool (gevent/eventlet): kombu wakes on data'
+    driver = getattr(getattr(channel.connection, 'client', None), 'transport', None)
+    driver = getattr(driver, 'driver_type', None)
     try:
         if driver == 'redis':
             from .redis import RedisReader as Reader
         elif driver == 'amqp':
             from .amqp import AMQPReader as Reader
         else:
-            return None
+            return None, f'no fast reader for the {driver} transport'
     except ImportError as exc:
-        logger.info('gossip_fast: no fast receive path for %s (%s)', driver, exc)
+        return None, f'no fast reader for {driver}: {exc}'
+    return Reader, None
+
+
+def start(gossip, channel, queue, hub):
+    """The fast path on *channel*'s broker, started (a :class:`HubDriver`),
+    or None for kombu's consumer (with the reason in
+    ``gossip.receive_fallback``)."""
+    app = gossip.app
+    Reader, why = select(app, channel, hub)
+    gossip.receive_fallback = why
+    if Reader is None:
         return None
-    return Reader(gossip, channel, queue, max_delay=max_delay(app))
+    driver = HubDriver(Reader(gossip, channel, queue, max_delay=max_delay(app)), hub)
+    try:
+        driver.start()
+    except Exception as exc:  # pylint: disable=broad-except
+        logger.warning('gossip_fast: fast receive path unavailable (%r); '
+                       'using the kombu consumer', exc)
+        gossip.receive_fallback = f'fast reader failed to start: {exc!r}'
+        driver.stop()
+        return None
+    return driver

@@ -168,7 +168,6 @@ class AMQPReader(Reader):
         self.consumer_tag = None
         self.queue_name = None
         self.heartbeat = 0
-        self._sock = None
         self._recv = None
         self._send = None
         self._buf = b''
@@ -179,9 +178,7 @@ class AMQPReader(Reader):
         self._templates = []        # see _templated(), newest first
         self._last_recv = 0.0
         self._last_sent = 0.0
-        self._unread = False        # the last read stopped at max_read
-        self._broken = False        # read() failed: no close handshake
-        self.bytes_read = 0
+        self._broken = False        # fill() failed: no close handshake
 
     # -- connection ------------------------------------------------------------
 
@@ -222,13 +219,13 @@ class AMQPReader(Reader):
         self._channel_id = channel_id
         self.heartbeat = heartbeat
         self._frame_max = frame_max
-        self._sock = sock
         self._recv = sock.recv
         self._send = sock.send
         self._buf = bytes(buffered)
-        self._pending = list(pending)
+        self.pending.extend(pending)  # after those held from before a reconnect
         self._broken = False
         self._last_recv = self._last_sent = time.monotonic()
+        self.sock = sock  # tells the watcher
 
     @staticmethod
     def _parts(message):
@@ -239,13 +236,12 @@ class AMQPReader(Reader):
                 message.body, props.get('content_type'),
                 props.get('content_encoding'), info['exchange'])
 
-    def close(self):
+    def disconnect(self):
         conn, self.conn = self.conn, None
-        sock, self._sock = self._sock, None
+        sock = self._sock
         buf, self._buf = self._buf, b''
         polite = sock is not None and not self._broken
         self._recv = self._send = None
-        self._pending = []
         self._broken = False
         self.amqp_channel = None
         if conn is None:
@@ -299,7 +295,17 @@ class AMQPReader(Reader):
 
     # -- reading -----------------------------------------------------------------
 
-    def _fill(self, now):
+    def fill(self, deadline):
+        """Read what the socket has and hold every complete delivery."""
+        try:
+            self._receive(time.monotonic())
+            if self._buf:
+                self._parse()
+        except BaseException:
+            self._broken = True  # no close handshake on this connection
+            raise
+
+    def _receive(self, now):
         """Read what the socket has (at most max_read bytes) into the buffer."""
         recv = self._recv
         if recv is None:
@@ -308,16 +314,16 @@ class AMQPReader(Reader):
         total = 0
         size = self.recv_size
         limit = self.max_read
-        self._unread = True   # until the socket says it has nothing more
+        self.unread = True   # until the socket says it has nothing more
         while total < limit:
             try:
                 data = recv(size)
             except _WOULD_BLOCK:
-                self._unread = False
+                self.unread = False
                 break
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.EINTR):
-                    self._unread = False
+                    self.unread = False
                     break
                 raise
             if not data:
@@ -340,24 +346,20 @@ class AMQPReader(Reader):
             self._last_sent = now
         return total
 
-    def _parse(self, on_raw, deadline):
-        """Hand every complete delivery in the buffer to *on_raw* until
-        *deadline*; after it (or with *on_raw* None) append their on_raw
-        arguments to ``_pending`` instead.  Keeps the incomplete tail in the
-        buffer; returns the count applied."""
+    def _parse(self):
+        """Hold (in :attr:`pending`) the on_raw arguments of every complete
+        delivery in the buffer; keep the incomplete tail in the buffer."""
         buf = self._buf
         end = len(buf)
         pos = 0
-        applied = 0
         channel_id = self._channel_id
         keys = self._keys
         props_cache = self._props
         frame_head = _frame_head.unpack_from
         method_head = _method_head.unpack_from
         content_head = _content_head.unpack_from
-        clock = time.monotonic
-        append = self._pending.append
-        held = self._held
+        append = self.pending.append
+        held = self.held
         while end - pos >= 11:
             ftype, channel, size, method = method_head(buf, pos)
             mend = pos + 7 + size
@@ -423,20 +425,10 @@ class AMQPReader(Reader):
             pos = b
             if props[3] and body:
                 body = _auto_decode(body, props[2])
-            if on_raw is None:
-                append(held((key[0], props[0], body, props[1], props[2], key[1])))
-                continue
-            try:
-                on_raw(key[0], props[0], body, props[1], props[2], key[1])
-            except Exception as exc:  # pylint: disable=broad-except
-                self.item_error(exc)
-            applied += 1
-            if clock() >= deadline:
-                on_raw = None   # over budget: only collect the rest
+            append(held((key[0], props[0], body, props[1], props[2], key[1])))
         if end - pos == 8 and buf[pos:] == HEARTBEAT:
             pos = end   # too short for the loop: a lone heartbeat frame
         self._buf = buf[pos:] if pos else buf
-        return applied
 
     def _long_body(self, buf, b, end, body_size):
         """A body of several frames: (body, next position), or (None, b) if
@@ -579,45 +571,13 @@ class AMQPReader(Reader):
         self._learn(raw_props, props)  # (decoded: it fits no template)
         return props
 
-    def read(self, deadline):
-        try:
-            return self._read(deadline)
-        except BaseException:
-            self._broken = True
-            raise
-
-    def _read(self, deadline):
-        self._fill(time.monotonic())
-        on_raw = self.receiver.on_raw
-        applied = 0
-        pending = self._pending
-        if pending:   # left by an earlier drain over budget: older, first
-            clock = time.monotonic
-            for parts in pending:
-                try:
-                    on_raw(*parts)
-                except Exception as exc:  # pylint: disable=broad-except
-                    self.item_error(exc)
-                applied += 1
-                if clock() >= deadline:
-                    break
-            del pending[:applied]
-            if pending:
-                on_raw = None
-        if self._buf:
-            applied += self._parse(on_raw, deadline)
-        if pending:
-            self.shed_superseded(pending)
-        return applied
-
-    def backlog(self):
-        return bool(self._pending) or self._unread
+    def housekeeping_interval(self):
+        # our heartbeat is sent, and the broker's checked, by drains
+        if self.heartbeat:
+            return self.heartbeat / 4.0
+        return super().housekeeping_interval()
 
     def stats(self):
         stats = super().stats()
-        stats.update(
-            pending=len(self._pending),
-            bytes_read=self.bytes_read,
-            heartbeat=self.heartbeat,
-        )
+        stats['heartbeat'] = self.heartbeat
         return stats

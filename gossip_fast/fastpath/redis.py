@@ -66,7 +66,7 @@ drains it in batches (every ``max_delay`` seconds, from the worker's timer):
   ``max_delay`` (see ``base``).
 * **Liveness**: with no byte from Redis for the channel's
   ``health_check_interval`` the reader sends a PING (pub/sub mode); with
-  none for twice that, ``read`` raises and the base class reconnects.
+  none for twice that, ``fill`` raises and the base class reconnects.
 
 Needs ``hiredis`` and ``msgspec``: without them importing this module raises
 ImportError and ``reader_for`` keeps kombu's consumer.
@@ -165,37 +165,34 @@ class RedisReader(Reader):
     #: up its half of the budget: 2.5 MB/s at the default 0.1 s interval,
     #: ~3,500 heartbeats/s (a 7,000-worker cluster) on the slowest machine.
     min_read_bytes = 256 * 1024
-    #: Apply at least this many pending events per drain.
-    min_apply = 32
     #: Connect/handshake timeout when the channel sets none (seconds).
     connect_timeout = 2.0
-    #: At most one log line per reason of bad input in this many seconds.
-    log_interval = 10.0
 
     def __init__(self, gossip, channel, queue, max_delay=0.1):
         super().__init__(gossip, channel, queue, max_delay=max_delay)
         self.bad_envelopes = 0
         self.duplicates = 0
-        self.bytes_read = 0
         self._conn = None
         self._pool = None
         self._sentinel_manager = None
-        self._sock = None
         self._parser = None      # hiredis.Reader, or the core's PubSubScanner
         self._feed = None        # its feed(buffer, 0, size)
         self._buf = bytearray(self.chunk)
         self._view = memoryview(self._buf)
-        self._unread = False
         self._declared = False
         self._topics = ()
         self._subscribed = 0
         self._dedup = None
         self._last_recv = 0.0
         self._pinged = False
-        self._bad_logged = {}
-        self._bad_suppressed = {}
         self.health_check_interval = float(
             getattr(channel, 'health_check_interval', 0) or 0)
+
+    def housekeeping_interval(self):
+        # the PING after health_check_interval of silence is sent by a drain
+        if self.health_check_interval:
+            return max(1.0, self.health_check_interval / 2)
+        return super().housekeeping_interval()
 
     # -- connection -------------------------------------------------------------
 
@@ -222,7 +219,6 @@ class RedisReader(Reader):
             timeout = conn.socket_timeout or self.connect_timeout
             sock.settimeout(timeout)
             sock.sendall(_command('PSUBSCRIBE', *self._topics))
-            self._sock = sock
             self._new_parser()
             self._subscribed = 0
             deadline = time.monotonic() + timeout
@@ -240,6 +236,7 @@ class RedisReader(Reader):
             raise
         self._last_recv = time.monotonic()
         self._pinged = False
+        self.sock = sock  # tells the watcher
 
     def _new_parser(self):
         scanner = getattr(self.gossip.core, 'PubSubScanner', None)
@@ -277,11 +274,10 @@ class RedisReader(Reader):
         conn.connect()
         return conn
 
-    def close(self):
+    def disconnect(self):
         conn, self._conn = self._conn, None
         pool, self._pool = self._pool, None
         manager, self._sentinel_manager = self._sentinel_manager, None
-        self._sock = None
         self._parser = self._feed = None
         for step in (
                 conn.disconnect if conn is not None else None,
@@ -294,28 +290,15 @@ class RedisReader(Reader):
                 except Exception:  # pylint: disable=broad-except
                     pass
 
-    def stop(self):
-        super().stop()
-        self._pending = []
-
     # -- reading ---------------------------------------------------------------------
 
-    def read(self, deadline):
+    def fill(self, deadline):
         sock = self._sock
         if sock is None:
             if self._stopped:
-                return 0
+                return
             raise ConnectionError('not connected')
-        failure = None
-        try:
-            self._fill(sock, deadline)
-        except Exception as exc:  # apply what we have, then report it
-            failure = exc
-        count = self._apply(deadline) if self._pending else 0
-        if failure is not None:
-            self.received += count  # applied before the failure
-            raise failure
-        return count
+        self._fill(sock, deadline)
 
     def _fill(self, sock, deadline):
         """Read and parse what the socket has: at most ``max_read_bytes``;
@@ -326,12 +309,12 @@ class RedisReader(Reader):
         read_deadline = deadline - self.budget / 2
         minimum, maximum = self.min_read_bytes, self.max_read_bytes
         total = 0
-        self._unread = True   # until the socket says it has nothing more
+        self.unread = True   # until the socket says it has nothing more
         while total < maximum:
             try:
                 count = recv_into(buf)
             except _WOULD_BLOCK:
-                self._unread = False
+                self.unread = False
                 break
             if not count:
                 raise ConnectionError('Redis closed the connection')
@@ -358,15 +341,15 @@ class RedisReader(Reader):
 
     def _parse(self):
         """Take every complete reply the parser has: events are held in
-        ``_pending``, other replies are seen to."""
+        :attr:`pending`, other replies are seen to."""
         parser = self._parser
         if type(parser) is not hiredis.Reader:  # the compiled scanner
             parser.dedup = self._dedup is not None  # then all go to _envelope
-            for reply in parser.scan(self._pending):
+            for reply in parser.scan(self.pending):
                 self._reply(reply)
             return
         gets = parser.gets
-        append = self._pending.append
+        append = self.pending.append
         envelope = self._envelope
         while True:
             reply = gets()
@@ -414,35 +397,9 @@ class RedisReader(Reader):
 
     # -- applying ----------------------------------------------------------------------
 
-    def _apply(self, deadline):
-        items = self._pending
-        total = len(items)
-        on_raw = self.receiver.on_raw
-        monotonic = time.monotonic
-        minimum = self.min_apply
-        done = 0
-        while done < total:
-            item = items[done]
-            done += 1
-            if type(item) is tuple:
-                try:
-                    on_raw(*item)
-                except Exception as exc:  # pylint: disable=broad-except
-                    self.item_error(exc)
-            else:
-                self._apply_kombu(item)
-            if not done & 7 and done >= minimum and monotonic() >= deadline:
-                break
-        del items[:done]  # in place: a copy of a big backlog per drain is O(backlog)
-        if items:
-            self.shed_superseded(items)
-        return done
-
-    def backlog(self):
-        return bool(self._pending) or self._unread
-
-    def _apply_kombu(self, data):
-        """What kombu's Redis channel and Consumer do with *data*."""
+    def apply_other(self, data):
+        """What kombu's Redis channel and Consumer do with the envelope
+        *data* (bytes) that only kombu may decode."""
         try:
             payload = kombu_loads(bytes_to_str(data))
         except (TypeError, ValueError) as exc:
@@ -472,27 +429,10 @@ class RedisReader(Reader):
 
     def _bad(self, reason, detail):
         self.bad_envelopes += 1
-        reject = getattr(self.gossip, '_reject', None)
-        if reject is not None:
-            try:
-                return reject(reason, None, detail)  # counted and rate-limited
-            except Exception:  # pylint: disable=broad-except
-                pass
-        now = time.monotonic()
-        last = self._bad_logged.get(reason)
-        if last is not None and now - last < self.log_interval:
-            self._bad_suppressed[reason] = self._bad_suppressed.get(reason, 0) + 1
-            return None
-        self._bad_logged[reason] = now
-        more = self._bad_suppressed.pop(reason, 0)
-        logger.warning('gossip_fast: redis reader dropped a message: %s %s%s',
-                       reason, str(detail)[:300],
-                       f' ({more} more since the last report)' if more else '')
-        return None
+        self.bad_input(reason, detail)
 
     def stats(self):
         stats = super().stats()
-        stats.update(pending=len(self._pending), bad_envelopes=self.bad_envelopes,
-                     duplicates=self.duplicates, bytes_read=self.bytes_read)
+        stats.update(bad_envelopes=self.bad_envelopes, duplicates=self.duplicates)
         return stats
 
