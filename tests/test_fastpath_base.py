@@ -263,21 +263,42 @@ def test_data_after_a_quiet_spell_is_drained_at_once(gossip, driver, hub):
     assert_watched(gossip)           # a lone event: back to watching at once
 
 
-def test_data_within_max_delay_of_a_drain_is_batched(gossip, driver, hub):
+def test_data_that_keeps_waking_the_loop_is_batched(gossip, driver, hub):
+    """Below ``1 / max_delay`` wake-ups a second every event is drained at
+    once (a turn each, as stock); at that rate the socket is unwatched and
+    drains come on the timer, ``max_delay`` apart, while data flows."""
     reader = driver.reader
-    reader.send(heartbeat("a@x"))
-    turn(hub)                        # drained at once
+    often = driver._woken.maxlen
+    assert often == round(1 / reader.max_delay)
+    for i in range(often - 1):
+        reader.send(heartbeat(f"w{i}@x"))
+        turn(hub)                    # drained at once
+    assert len(gossip.state.workers) == often - 1 and driver.mode == "watching"
+    assert driver.wakeups["timer"] == 0
     reader.send(heartbeat("b@x"))
-    driver._on_readable()            # too soon after that drain
+    turn(hub)                        # one wake-up too many within a second
     assert driver.mode == "polling" and not hub.readers
+    assert "b@x" not in gossip.state.workers
     [due] = timed(driver)
     assert due.eta <= time.monotonic() + reader.max_delay
     reader.send(heartbeat("c@x"))
-    fire(driver)               # the batch: b and c together
+    fire(driver)                     # the batch: b and c together
     assert {"b@x", "c@x"} <= set(gossip.state.workers)
     assert driver.mode == "polling" and len(timed(driver)) == 1  # it flowed: poll on
-    fire(driver)               # nothing came since: watch again
+    fire(driver)                     # nothing came since: watch again
     assert_watched(gossip)
+
+
+def test_a_slow_trickle_is_never_batched(gossip, driver, monkeypatch):
+    reader = driver.reader
+    clock = [time.monotonic()]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    for i in range(3 * driver._woken.maxlen):
+        clock[0] += reader.max_delay * 1.2   # a little slower than 1 / max_delay
+        reader.send(heartbeat(f"w{i}@x"))
+        driver._on_readable()
+        assert f"w{i}@x" in gossip.state.workers and driver.mode == "watching"
+    assert driver.wakeups["timer"] == 0
 
 
 def test_a_backlog_brings_the_next_drain_sooner(gossip, driver):
@@ -342,7 +363,7 @@ def test_stop_unwatches_cancels_and_closes(gossip, driver, hub):
     sock = reader.sock
     reader.send(heartbeat("a@x"))
     driver._on_readable()
-    driver._on_readable()            # polling now: a timer is set
+    driver._poll(reader.max_delay)   # polling now: a timer is set
     gossip._stop_reader()
     assert not hub.readers and not timed(driver) and sock.fileno() == -1
     assert gossip._driver is None and gossip._reader is None

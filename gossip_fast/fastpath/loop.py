@@ -1,19 +1,19 @@
 """When the fast reader drains: on the worker's event loop, woken by data.
 
-Each turn of the worker's event loop (kombu's ``Hub``) costs about as much
-CPU as applying a few hundred heartbeats (kombu re-registers its own
-sockets on every turn), so the reader wakes the loop no more often than
-gossip needs, and never when nothing arrives:
+Each turn of the worker's event loop (kombu's ``Hub``) costs more CPU than
+applying a hundred heartbeats (kombu re-registers its own sockets on every
+turn, and a process woken from sleep runs on cold caches: see
+docs/receive-path.md for the measurements), so the reader wakes the loop
+no more often than gossip needs, and never when nothing arrives:
 
 * **watching**: the reader's socket is registered with the hub and no timer
-  is set.  A readable socket is drained at once, so at low rates an event
-  costs one turn and no added delay.  If the last drain was less than
-  ``max_delay`` ago, the socket is unwatched and the drain is put off until
-  ``max_delay`` after the last one: **polling**.
-* **polling**: drains run on the timer, ``max_delay`` apart (``catchup_delay``
-  while the reader has a backlog), as long as each finds something to
-  read: under load the loop turns ``1 / max_delay`` times a second whatever
-  the rate, and an event waits at most ``max_delay``.  A timed drain that
+  is set.  A readable socket is drained at once: at low rates an event
+  costs one turn, as it does with stock Celery, and no added delay.
+* **polling**: once the socket has woken the loop ``1 / max_delay`` times
+  within a second, it is unwatched and drains run on the timer instead,
+  ``max_delay`` apart (``catchup_delay`` while the reader has a backlog):
+  under load the loop turns ``1 / max_delay`` times a second whatever the
+  rate, and an event waits at most ``max_delay``.  A timed drain that
   finds nothing goes back to watching.
 * **housekeeping**: one slow repeating timer (:meth:`Reader.housekeeping_interval`:
   the connection's heartbeat or health-check period) drains a reader that
@@ -25,10 +25,12 @@ gossip needs, and never when nothing arrives:
   the new socket.
 
 Only pools whose worker runs kombu's hub have one (prefork, solo, threads);
-for gevent and eventlet, :func:`gossip_fast.fastpath.reader_for` keeps
-kombu's consumer, which kombu's blocking loop wakes on data too.
+for gevent and eventlet, :func:`gossip_fast.fastpath.select` keeps kombu's
+consumer, which kombu's blocking loop wakes on data too.
 """
+import math
 import time
+from collections import deque
 
 from celery.utils.log import get_logger
 
@@ -53,6 +55,9 @@ class HubDriver:
         self._tref = None         # the next timed drain
         self._housekeeping = None
         self._last_drain = float('-inf')
+        # the times of the last drains the socket woke: as many as make
+        # polling worth it within a second
+        self._woken = deque(maxlen=max(2, math.ceil(1.0 / reader.max_delay)))
         reader.watcher = self
 
     # -- lifecycle ---------------------------------------------------------------
@@ -92,11 +97,15 @@ class HubDriver:
 
     def _on_readable(self):
         self.wakeups['readable'] += 1
-        wait = self._last_drain + self.reader.max_delay - time.monotonic()
-        if wait <= 0:
+        woken = self._woken
+        now = time.monotonic()
+        woken.append(now)
+        if len(woken) == woken.maxlen and now - woken[0] < 1.0:
+            # data flows: batch it, starting from the last drain
+            woken.clear()
+            self._poll(max(0.0, self._last_drain + self.reader.max_delay - now))
+        else:
             self._drain(timed=False)
-        else:  # data flows: batch it
-            self._poll(wait)
 
     def _on_timer(self):
         self._tref = None
@@ -125,7 +134,7 @@ class HubDriver:
             self._poll(max(0.0, reader.retry_at - self._last_drain))
         elif reader.backlog():                # behind: come back soon
             self._poll(reader.catchup_delay)
-        elif timed and reader.bytes_read != before:  # still flowing
+        elif timed and reader.bytes_read != before:  # still flowing: poll on
             self._poll(reader.max_delay)
         else:
             self.mode = WATCHING

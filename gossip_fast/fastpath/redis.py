@@ -157,8 +157,11 @@ class RedisReader(Reader):
     """Reads the gossip queue's pub/sub topics straight from Redis."""
 
     name = 'redis'
-    #: recv/feed granularity (bytes); see the module docstring.
+    #: recv/feed granularity (bytes) for hiredis; see the module docstring.
     chunk = 16384
+    #: ... and for the compiled scanner, which keeps its own buffer: a
+    #: drain under load takes one recv() instead of dozens.
+    scanner_chunk = 262144
     #: Read at most this much per drain...
     max_read_bytes = 4 * 1024 * 1024
     #: ...and at least this much (when available) even when reading has used
@@ -177,8 +180,7 @@ class RedisReader(Reader):
         self._sentinel_manager = None
         self._parser = None      # hiredis.Reader, or the core's PubSubScanner
         self._feed = None        # its feed(buffer, 0, size)
-        self._buf = bytearray(self.chunk)
-        self._view = memoryview(self._buf)
+        self._buf = self._view = None  # recv buffer, sized for the parser
         self._declared = False
         self._topics = ()
         self._subscribed = 0
@@ -243,6 +245,10 @@ class RedisReader(Reader):
         # the pure-Python core: hiredis and msgspec
         self._parser = hiredis.Reader() if scanner is None else scanner(self._envelope)
         self._feed = self._parser.feed
+        size = self.chunk if scanner is None else self.scanner_chunk
+        if self._buf is None or len(self._buf) != size:
+            self._buf = bytearray(size)
+            self._view = memoryview(self._buf)
 
     def _open(self):
         """A connected, authenticated redis-py connection made by kombu's
