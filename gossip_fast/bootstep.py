@@ -25,7 +25,7 @@ from celery.utils.log import get_logger
 from celery.utils.objects import Bunch
 from celery.worker.consumer.mingle import Mingle
 
-from . import fastpath, implementation
+from . import fastpath, implementation, observability
 
 __all__ = ('Gossip',)
 
@@ -41,8 +41,6 @@ RECEIVER_ATTRIBUTES = frozenset(('hostname', 'clock', 'update_state', 'event_han
 #: A pending election that has not completed after this many seconds is
 #: dropped (a peer died mid-election, or a request came after the result).
 ELECTION_TIMEOUT = 30.0
-
-_logged_fallback = False
 
 
 def ensure_clock(app, core=None):
@@ -189,13 +187,6 @@ class Gossip(bootsteps.ConsumerStep):
     def start(self, c):
         super().start(c)
         self.dispatcher = c.event_dispatcher
-        global _logged_fallback
-        if implementation.IMPLEMENTATION == 'python' and not _logged_fallback:
-            _logged_fallback = True
-            reason = implementation.EXTENSION_ERROR
-            info('gossip_fast: using the pure-Python fallback (%s)',
-                 f'compiled core unavailable: {reason}' if reason
-                 else 'GOSSIP_FAST_NO_EXTENSIONS is set or not CPython')
 
     def on_elect_ack(self, event):
         id = event.get('id') if isinstance(event, dict) else None
@@ -367,7 +358,9 @@ class Gossip(bootsteps.ConsumerStep):
         ev = self.Receiver(channel, routing_key='worker.#',
                            queue_ttl=self.heartbeat_interval)
         self._receiver.accept = prepare_accept_content(ev.accept)
-        if self._start_reader(channel, ev.queue):
+        fast = self._start_reader(channel, ev.queue)
+        observability.announce(self, channel, info)  # the start line, once
+        if fast:
             return []  # the fast reader consumes the same queue/channel
         return [Consumer(
             channel,
@@ -467,24 +460,4 @@ class Gossip(bootsteps.ConsumerStep):
 
     def stats(self):
         """Counters for operators (also ``celery inspect gossip_stats``)."""
-        state = self.state if self.enabled else None
-        receiver = self._receiver.stats()
-        return {
-            'implementation': ('python' if self.core.__name__.endswith('_py')
-                               else 'cython'),
-            'enabled': self.enabled,
-            'clock': self.clock.value,
-            'events': receiver,
-            'receive': (self._reader.stats() if self._reader is not None
-                        else {'path': 'kombu'}),
-            'dropped': dict(self.dropped),
-            'sanitized': dict(self.sanitized),
-            'joins': getattr(state, 'joins', None),
-            'leaves': getattr(state, 'leaves', None),
-            'losses': getattr(state, 'losses', None),
-            'elections': dict(self.elections),
-            'sweeps_held_back': self.sweeps_held_back,
-            'tracked_workers': len(state.workers) if state is not None else 0,
-            'alive_workers': (state.alive_count() if hasattr(state, 'alive_count')
-                              else None) if state is not None else 0,
-        }
+        return observability.stats(self)

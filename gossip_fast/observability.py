@@ -1,0 +1,171 @@
+"""What a gossip_fast worker tells its operator: the start line and
+``gossip_stats``.
+
+The bootstep only calls in here (:func:`announce` once its consumer has
+connected, :func:`stats` for the remote-control command), so that what is
+reported, and why, lives in one place.
+
+The start line (INFO, logger of the Gossip step's module)::
+
+    gossip_fast 0.1.0: core cython, receive redis (batched, max delay 0.1 s)
+    gossip_fast 0.1.0: core python (GOSSIP_FAST_NO_EXTENSIONS is set), receive
+        kombu (classic mode: GOSSIP_FAST_RECEIVE=classic; no batching delay)
+
+It is logged from ``Gossip.get_consumers``, because the receive path is
+chosen only when the consumer connects, and once per Gossip step (one per
+worker process): a consumer restart after a broker reconnect logs again only
+if the receive path changed.  A disabled step (``--without-gossip``, or a
+transport gossip does not support) is never started, so it logs nothing.
+"""
+import importlib
+import os
+import platform
+import weakref
+
+from . import fastpath, implementation
+from ._version import __version__
+
+__all__ = ('announce', 'start_line', 'core_info', 'receive_info',
+           'disabled_reason', 'stats')
+
+#: The fast reader's module for each transport that has one.
+READERS = {'redis': 'gossip_fast.fastpath.redis', 'amqp': 'gossip_fast.fastpath.amqp'}
+
+#: Gossip step -> (path, reason) last announced.  Weak: a step (and so a
+#: worker) that is gone is forgotten; one entry per worker process in practice.
+_announced = weakref.WeakKeyDictionary()
+
+
+def core_info(gossip):
+    """``(name, why)`` of the hot path *gossip* runs: ``('cython', None)``,
+    or ``('python', <why the compiled core is not used>)``."""
+    core = getattr(gossip, 'core', implementation.core)
+    if not core.__name__.endswith('_py'):
+        return 'cython', None
+    if core is not implementation.core:
+        return 'python', 'chosen by the step class (Gossip.core)'
+    if implementation.EXTENSION_ERROR is not None:
+        return 'python', f'compiled core unavailable: {implementation.EXTENSION_ERROR}'
+    if platform.python_implementation() != 'CPython':
+        return 'python', (f'{platform.python_implementation()}: the compiled core '
+                          'is for CPython only')
+    return 'python', 'GOSSIP_FAST_NO_EXTENSIONS is set'
+
+
+def _driver(channel):
+    try:
+        return channel.connection.client.transport.driver_type
+    except AttributeError:  # a stand-in channel (tests)
+        return None
+
+
+def receive_info(gossip, channel=None):
+    """``(path, why)``: ``('redis' / 'amqp', None)`` for the fast reader, or
+    ``('kombu', <why not the fast reader>)``.
+
+    ``fastpath.reader_for`` only says *whether* a reader applies; the
+    reasons are worked out again here, in the same order, so that the
+    operator sees why without the fast path having to report it.
+    """
+    reader = getattr(gossip, '_reader', None)
+    if reader is not None:
+        return reader.name, None
+    if fastpath.receive_mode(gossip.app) == 'classic':
+        if os.environ.get('GOSSIP_FAST_RECEIVE'):
+            return 'kombu', 'classic mode: GOSSIP_FAST_RECEIVE=classic'
+        return 'kombu', "classic mode: gossip_fast_receive = 'classic'"
+    driver = _driver(channel) if channel is not None else None
+    module = READERS.get(driver)
+    if module is None:
+        return 'kombu', f'no fast reader for the {driver!r} transport'
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:  # e.g. redis-py missing: celery[redis] not installed
+        return 'kombu', f'the {driver} fast reader cannot load: {exc}'
+    return 'kombu', f'the {driver} fast reader failed to start (see the warning above)'
+
+
+def _describe_receive(gossip, path, why):
+    if why is None:
+        reader = getattr(gossip, '_reader', None)
+        delay = getattr(reader, 'max_delay', None)
+        return f'{path} (batched, max delay {delay:g} s)' if delay else path
+    return f'{path} ({why}; no batching delay)'
+
+
+def start_line(gossip, path, why):
+    """The start line for a step whose receive path is *path* (:func:`receive_info`)."""
+    core, core_why = core_info(gossip)
+    core = f'{core} ({core_why})' if core_why else core
+    return (f'gossip_fast {__version__}: core {core}, '
+            f'receive {_describe_receive(gossip, path, why)}')
+
+
+def announce(gossip, channel, log):
+    """Log the start line with *log* (the step module's ``info``), once per
+    step; after a consumer restart, a line only if the receive path changed."""
+    path, why = receive_info(gossip, channel)
+    previous = _announced.get(gossip)
+    _announced[gossip] = (path, why)
+    if previous is None:
+        log('%s', start_line(gossip, path, why))
+    elif previous[0] != path:
+        log('gossip_fast: receive path changed after a consumer restart: '
+            'now %s (was %s)', _describe_receive(gossip, path, why), previous[0])
+
+
+def disabled_reason(gossip):
+    """Why a disabled step is disabled (None if it is enabled)."""
+    if gossip.enabled:
+        return None
+    try:
+        compatible = gossip.compatible_transport(gossip.app)
+    except Exception as exc:  # pylint: disable=broad-except
+        return f'transport unknown ({exc!r})'
+    if compatible:
+        return 'without_gossip (--without-gossip)'
+    with gossip.app.connection_for_read() as conn:
+        driver = conn.transport.driver_type
+    return (f"transport {driver!r}: gossip needs one of "
+            f"{', '.join(sorted(gossip.compatible_transports))}")
+
+
+def stats(gossip):
+    """``Gossip.stats()``: the counters behind ``gossip_stats``.
+
+    A disabled step receives nothing, so it reports only what it is and why
+    it is off: no receive path, no membership counters.
+    """
+    result = {
+        'version': __version__,
+        'implementation': core_info(gossip)[0],
+        'enabled': gossip.enabled,
+        'clock': gossip.clock.value,
+    }
+    if not gossip.enabled:
+        result['reason'] = disabled_reason(gossip)
+        return result
+    state = gossip.state
+    reader = gossip._reader
+    if reader is not None:
+        receive = reader.stats()
+    else:
+        receive = {'path': 'kombu'}
+        announced = _announced.get(gossip)
+        if announced is not None and announced[1]:
+            receive['reason'] = announced[1]
+    result.update({
+        'events': gossip._receiver.stats(),
+        'receive': receive,
+        'dropped': dict(gossip.dropped),
+        'sanitized': dict(gossip.sanitized),
+        'joins': getattr(state, 'joins', None),
+        'leaves': getattr(state, 'leaves', None),
+        'losses': getattr(state, 'losses', None),
+        'elections': dict(gossip.elections),
+        'sweeps_held_back': gossip.sweeps_held_back,
+        'tracked_workers': len(state.workers),
+        'alive_workers': (state.alive_count() if hasattr(state, 'alive_count')
+                          else None),
+    })
+    return result
