@@ -123,7 +123,7 @@ def disabled_reason(gossip):
     except Exception as exc:  # pylint: disable=broad-except
         return f'transport unknown ({exc!r})'
     if compatible:
-        return 'without_gossip (--without-gossip)'
+        return '--without-gossip'
     with gossip.app.connection_for_read() as conn:
         driver = conn.transport.driver_type
     return (f"transport {driver!r}: gossip needs one of "
