@@ -51,7 +51,8 @@ import os, sys
 import gossip_fast, gossip_fast._core
 here = os.path.realpath(sys.argv[1])
 assert gossip_fast.IMPLEMENTATION == "cython", gossip_fast.IMPLEMENTATION
-assert os.path.realpath(gossip_fast.__file__).startswith(here + os.sep), gossip_fast.__file__
+for module in (gossip_fast, gossip_fast._core):
+    assert os.path.realpath(module.__file__).startswith(here + os.sep), module.__file__
 ' "$ROOT") >/dev/null 2>&1
 }
 

@@ -12,6 +12,7 @@ broker and implementation:
 * no pidbox error in any log (a worker without the command logs one).
 """
 import json
+import os
 import subprocess
 import sys
 import types
@@ -23,6 +24,8 @@ import gossip_fast
 from .harness import assert_clean_logs, running_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.broker]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 FAST_PATH = {"redis": "redis", "rabbitmq": "amqp"}
 DISABLED_KEYS = {"version", "implementation", "enabled", "clock", "reason"}
@@ -44,12 +47,19 @@ def route(broker, broker_name, implementation, cluster_folder):
                                     implementation=implementation)
 
 
-def gossip_fast_stats(url, workers, *extra):
-    """``python -m gossip_fast stats -b URL -d ...`` as a user runs it."""
+def gossip_fast_stats(route, workers, *extra, app=False):
+    """``python -m gossip_fast stats -b URL -d ...`` as a user runs it, or
+    with ``-A app`` from the app's folder (tests/cluster/app.py, on the
+    worker_consumer route: it does not import gossip_fast)."""
+    where, env = ["-b", route.broker.url], None
+    if app:
+        where = ["-A", "app"]
+        env = dict(os.environ, CLUSTER_BROKER_URL=route.broker.url,
+                   CLUSTER_GOSSIP="consumer", CLUSTER_EVENTS_DIR=route.cluster.folder)
     proc = subprocess.run(
-        [sys.executable, "-m", "gossip_fast", "stats", "-b", url, "-t", "3",
+        [sys.executable, "-m", "gossip_fast", "stats", *where, "-t", "3",
          "-d", ",".join(w.hostname for w in workers), *extra],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=60, env=env, cwd=HERE)
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     return proc.stdout
 
@@ -73,7 +83,7 @@ class TestWorkerConsumerRoute:
 
     def test_gossip_stats_json(self, route):
         workers = [route.auto, route.classic, route.off]
-        stats = json.loads(gossip_fast_stats(route.broker.url, workers, "--json"))
+        stats = json.loads(gossip_fast_stats(route, workers, "--json"))
         assert set(stats) == {w.hostname for w in workers}
         auto, classic, off = (stats[w.hostname] for w in workers)
         for s in (auto, classic):
@@ -87,8 +97,8 @@ class TestWorkerConsumerRoute:
         assert off["enabled"] is False and off["reason"] == "--without-gossip"
         assert off["implementation"] == route.implementation
 
-    def test_gossip_stats_lines(self, route):
-        out = gossip_fast_stats(route.broker.url, [route.auto, route.off])
+    def test_gossip_stats_lines_with_the_app(self, route):
+        out = gossip_fast_stats(route, [route.auto, route.off], app=True)
         lines = dict(line.split(": ", 1) for line in out.splitlines())
         prefix = f"gossip_fast {gossip_fast.__version__}, core {route.implementation}"
         assert lines[route.auto.hostname].startswith(
