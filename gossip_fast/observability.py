@@ -45,11 +45,28 @@ def core_info(gossip):
     if core is not implementation.core:
         return 'python', 'chosen by the step class (Gossip.core)'
     if implementation.EXTENSION_ERROR is not None:
-        return 'python', f'compiled core unavailable: {implementation.EXTENSION_ERROR}'
+        why = f'compiled core unavailable: {implementation.EXTENSION_ERROR}'
+        checkout = _unbuilt_checkout()
+        if checkout:  # `pip install .` then a worker started in the clone
+            why += (f'; gossip_fast was imported from the source checkout {checkout}, '
+                    'where it is not built: start the worker from another folder, '
+                    'or install with pip install -e .')
+        return 'python', why
     if platform.python_implementation() != 'CPython':
         return 'python', (f'{platform.python_implementation()}: the compiled core '
                           'is for CPython only')
     return 'python', 'GOSSIP_FAST_NO_EXTENSIONS is set'
+
+
+def _unbuilt_checkout():
+    """The source checkout gossip_fast was imported from, if it is one (its
+    Cython source is next to it): the current folder comes first on
+    ``sys.path``, so it hides a compiled install in site-packages."""
+    package = os.path.dirname(os.path.abspath(implementation.__file__))
+    root = os.path.dirname(package)
+    if os.path.exists(os.path.join(root, 'src', '_core.pyx')):
+        return root
+    return None
 
 
 def _driver(channel):

@@ -153,10 +153,30 @@ def test_core_info_says_why_the_fallback_runs(app, monkeypatch, error, why):
     from gossip_fast import _core_py
     monkeypatch.setattr(implementation, 'core', _core_py)
     monkeypatch.setattr(implementation, 'EXTENSION_ERROR', error)
+    monkeypatch.setattr(observability, '_unbuilt_checkout', lambda: None)  # installed
     gossip = make_gossip(gossip_class(_core_py), app)
     assert observability.core_info(gossip) == ('python', why)
     assert observability.start_line(gossip, 'kombu', 'x').startswith(
         f'gossip_fast {gossip_fast.__version__}: core python ({why}), receive kombu')
+
+
+def test_core_info_points_at_an_unbuilt_checkout(app, monkeypatch, tmp_path):
+    """``pip install .`` and then a worker started inside the clone: the
+    clone's gossip_fast (no compiled core) hides the installed one."""
+    from gossip_fast import _core_py
+    checkout = tmp_path / 'clone'
+    (checkout / 'src').mkdir(parents=True)
+    (checkout / 'src' / '_core.pyx').write_text('')
+    (checkout / 'gossip_fast').mkdir()
+    monkeypatch.setattr(implementation, '__file__',
+                        str(checkout / 'gossip_fast' / 'implementation.py'))
+    monkeypatch.setattr(implementation, 'core', _core_py)
+    monkeypatch.setattr(implementation, 'EXTENSION_ERROR', ImportError('no _core'))
+    name, why = observability.core_info(make_gossip(gossip_class(_core_py), app))
+    assert name == 'python'
+    assert why == (f'compiled core unavailable: no _core; gossip_fast was imported from '
+                   f'the source checkout {checkout}, where it is not built: start the '
+                   'worker from another folder, or install with pip install -e .')
 
 
 # -- gossip_stats ----------------------------------------------------------------------
