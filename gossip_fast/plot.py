@@ -31,7 +31,9 @@ def require():
 def _label(value, unit, speedup):
     digits = 0 if value >= 100 else 1 if value >= 10 else 2
     text = f'{value:,.{digits}f} {unit}'
-    return text if speedup is None else f'{text}\n{speedup:,.1f}x'
+    if speedup is None:
+        return text
+    return f'{text}\n{speedup:,.0f}x' if speedup >= 100 else f'{text}\n{speedup:.1f}x'
 
 
 def plot_report(report, path):
