@@ -116,11 +116,11 @@ def _summary(stats):
     head = (f"gossip_fast {stats.get('version', '?')}, core "
             f"{stats.get('implementation', '?')}")
     if not stats.get('enabled'):
-        return f"{head}; gossip OFF: {stats.get('reason', 'disabled')}"
+        return f"{head}; gossip OFF: {stats.get('why', 'disabled')}"
     receive = stats.get('receive') or {}
     path = receive.get('path', '?')
-    if receive.get('reason'):
-        path += f" ({receive['reason']})"
+    if receive.get('why'):
+        path += f" ({receive['why']})"
     elif receive.get('max_delay'):
         path += f" (max delay {receive['max_delay']:g} s)"
     events = stats.get('events') or {}

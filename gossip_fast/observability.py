@@ -87,6 +87,10 @@ def receive_info(gossip, channel=None):
     reader = getattr(gossip, '_reader', None)
     if reader is not None:
         return reader.name, None
+    # a bootstep whose fast path records why it fell back to kombu
+    why = getattr(gossip, 'receive_fallback', None)
+    if why:
+        return 'kombu', why
     if fastpath.receive_mode(gossip.app) == 'classic':
         if os.environ.get('GOSSIP_FAST_RECEIVE'):
             return 'kombu', 'classic mode: GOSSIP_FAST_RECEIVE=classic'
@@ -160,17 +164,22 @@ def stats(gossip):
         'clock': gossip.clock.value,
     }
     if not gossip.enabled:
-        result['reason'] = disabled_reason(gossip)
+        result['why'] = disabled_reason(gossip)
         return result
     state = gossip.state
     reader = gossip._reader
+    driver = getattr(gossip, '_driver', None)  # what wakes the reader, if any
     if reader is not None:
         receive = reader.stats()
+        if driver is not None and hasattr(driver, 'stats'):
+            receive.update(driver.stats())
     else:
         receive = {'path': 'kombu'}
         announced = _announced.get(gossip)
-        if announced is not None and announced[1]:
-            receive['reason'] = announced[1]
+        why = getattr(gossip, 'receive_fallback', None) or (
+            announced[1] if announced is not None else None)
+        if why:
+            receive['why'] = why
     result.update({
         'events': gossip._receiver.stats(),
         'receive': receive,

@@ -162,11 +162,11 @@ def test_stats_summary_lines():
     assert _summary({'error': "KeyError('gossip_stats')"}).startswith(
         "does not know gossip_stats (KeyError('gossip_stats')): stock Gossip")
     assert _summary({'version': '1.0', 'implementation': 'python', 'enabled': False,
-                     'clock': 3, 'reason': '--without-gossip'}) == (
+                     'clock': 3, 'why': '--without-gossip'}) == (
         'gossip_fast 1.0, core python; gossip OFF: --without-gossip')
     assert _summary({
         'version': '1.0', 'implementation': 'cython', 'enabled': True, 'clock': 9,
-        'receive': {'path': 'kombu', 'reason': 'classic mode: GOSSIP_FAST_RECEIVE=classic'},
+        'receive': {'path': 'kombu', 'why': 'classic mode: GOSSIP_FAST_RECEIVE=classic'},
         'events': {'applied': 1234}, 'dropped': {'bad_freq': 2}, 'alive_workers': 3,
         'tracked_workers': 4, 'joins': 5, 'leaves': 1, 'losses': 0}) == (
         'gossip_fast 1.0, core cython, receive kombu (classic mode: '

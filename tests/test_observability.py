@@ -98,7 +98,7 @@ def test_kombu_path_says_classic_mode(gossip, lines, monkeypatch, how, why):
         gossip.app.conf.gossip_fast_receive = 'classic'
     observability.announce(gossip, fake_channel('redis'), lines.log)
     assert lines[0].endswith(f'receive kombu ({why}; no batching delay)')
-    assert gossip.stats()['receive'] == {'path': 'kombu', 'reason': why}
+    assert gossip.stats()['receive'] == {'path': 'kombu', 'why': why}
 
 
 def test_kombu_path_says_the_transport_has_no_reader(gossip, lines):
@@ -129,7 +129,7 @@ def test_get_consumers_logs_the_line_through_the_bootstep_info(gossip, monkeypat
     assert seen[0].endswith("receive kombu (no fast reader for the 'memory' transport; "
                             'no batching delay)')
     assert gossip.stats()['receive'] == {
-        'path': 'kombu', 'reason': "no fast reader for the 'memory' transport"}
+        'path': 'kombu', 'why': "no fast reader for the 'memory' transport"}
 
 
 # -- why the core is what it is --------------------------------------------------
@@ -204,7 +204,7 @@ def test_disabled_by_without_gossip_reports_no_receive_path(GossipClass, app):
     assert stats == {'version': gossip_fast.__version__,
                      'implementation': stats['implementation'],
                      'enabled': False, 'clock': gossip.clock.value,
-                     'reason': '--without-gossip'}
+                     'why': '--without-gossip'}
 
 
 def test_disabled_by_the_transport_says_which(GossipClass):
@@ -213,7 +213,7 @@ def test_disabled_by_the_transport_says_which(GossipClass):
     gossip = make_gossip(GossipClass, app)
     stats = gossip.stats()
     assert stats['enabled'] is False
-    assert stats['reason'] == "transport 'memory': gossip needs one of amqp, redis"
+    assert stats['why'] == "transport 'memory': gossip needs one of amqp, redis"
     assert 'receive' not in stats and 'joins' not in stats
 
 
@@ -236,3 +236,18 @@ def test_gossip_stats_is_registered_on_every_route(code):
              "assert 'gossip_stats' in Panel.data and 'gossip_stats' in Panel.meta")
     subprocess.run([sys.executable, '-c', check], check=True, timeout=60)
 
+
+
+def test_a_recorded_fallback_reason_is_used(gossip, lines):
+    """A fast path that records why it fell back to kombu
+    (``gossip.receive_fallback``) is taken at its word."""
+    gossip.receive_fallback = 'no event loop in this pool'
+    observability.announce(gossip, fake_channel('redis'), lines.log)
+    assert lines[0].endswith('receive kombu (no event loop in this pool; no batching delay)')
+    assert gossip.stats()['receive'] == {'path': 'kombu', 'why': 'no event loop in this pool'}
+
+
+def test_driver_counters_join_the_reader_s(gossip):
+    gossip._reader = FakeReader('redis')
+    gossip._driver = types.SimpleNamespace(stats=lambda: {'wakeups': 3})
+    assert gossip.stats()['receive'] == {'path': 'redis', 'max_delay': 0.1, 'wakeups': 3}

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.broker]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 FAST_PATH = {"redis": "redis", "rabbitmq": "amqp"}
-DISABLED_KEYS = {"version", "implementation", "enabled", "clock", "reason"}
+DISABLED_KEYS = {"version", "implementation", "enabled", "clock", "why"}
 
 
 @pytest.fixture(scope="class")
@@ -92,9 +92,9 @@ class TestWorkerConsumerRoute:
             assert s["alive_workers"] == 2 and s["joins"] >= 2
         assert auto["receive"]["path"] == FAST_PATH[route.broker_name]
         assert classic["receive"] == {
-            "path": "kombu", "reason": "classic mode: GOSSIP_FAST_RECEIVE=classic"}
+            "path": "kombu", "why": "classic mode: GOSSIP_FAST_RECEIVE=classic"}
         assert set(off) == DISABLED_KEYS, off
-        assert off["enabled"] is False and off["reason"] == "--without-gossip"
+        assert off["enabled"] is False and off["why"] == "--without-gossip"
         assert off["implementation"] == route.implementation
 
     def test_gossip_stats_lines_with_the_app(self, route):
