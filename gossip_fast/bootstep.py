@@ -26,7 +26,7 @@ from celery.utils.log import get_logger
 from celery.utils.objects import Bunch
 from celery.worker.consumer.mingle import Mingle
 
-from . import fastpath, implementation
+from . import fastpath, implementation, observability
 from .badinput import BadInput
 from .elections import Elections
 
@@ -37,8 +37,6 @@ debug, info = logger.debug, logger.info
 
 #: Bootstep attributes the receiver may cache (tests and users swap them).
 RECEIVER_ATTRIBUTES = frozenset(('hostname', 'clock', 'update_state', 'event_handlers'))
-
-_logged_fallback = False
 
 
 def ensure_clock(app, core=None):
@@ -158,13 +156,6 @@ class Gossip(Elections, bootsteps.ConsumerStep):
     def start(self, c):
         super().start(c)
         self.dispatcher = c.event_dispatcher
-        global _logged_fallback
-        if implementation.IMPLEMENTATION == 'python' and not _logged_fallback:
-            _logged_fallback = True
-            reason = implementation.EXTENSION_ERROR
-            info('gossip_fast: using the pure-Python fallback (%s)',
-                 f'compiled core unavailable: {reason}' if reason
-                 else 'GOSSIP_FAST_NO_EXTENSIONS is set or not CPython')
 
     # -- membership callbacks -----------------------------------------------
 
@@ -261,6 +252,8 @@ class Gossip(Elections, bootsteps.ConsumerStep):
         self._driver = fastpath.start(self, channel, ev.queue, self._hub)
         if self._driver is not None:
             self._reader = self._driver.reader
+        observability.announce(self, info)  # the start line, once
+        if self._driver is not None:
             return []  # the fast reader consumes the same queue/channel
         return [Consumer(
             channel,
@@ -325,25 +318,4 @@ class Gossip(Elections, bootsteps.ConsumerStep):
 
     def stats(self):
         """Counters for operators (also ``celery inspect gossip_stats``)."""
-        state = self.state if self.enabled else None
-        receiver = self._receiver.stats()
-        return {
-            'implementation': ('python' if self.core.__name__.endswith('_py')
-                               else 'cython'),
-            'enabled': self.enabled,
-            'clock': self.clock.value,
-            'events': receiver,
-            'receive': (dict(self._reader.stats(), **self._driver.stats())
-                        if self._driver is not None
-                        else {'path': 'kombu', 'why': self.receive_fallback}),
-            'dropped': dict(self.dropped),
-            'sanitized': dict(self.sanitized),
-            'joins': getattr(state, 'joins', None),
-            'leaves': getattr(state, 'leaves', None),
-            'losses': getattr(state, 'losses', None),
-            'elections': dict(self.elections),
-            'sweeps_held_back': self.sweeps_held_back,
-            'tracked_workers': len(state.workers) if state is not None else 0,
-            'alive_workers': (state.alive_count() if hasattr(state, 'alive_count')
-                              else None) if state is not None else 0,
-        }
+        return observability.stats(self)

@@ -1,7 +1,8 @@
-"""Command line of gossip_fast: ``gossip-fast bench`` (also
-``python -m gossip_fast bench``)."""
+"""Command line of gossip_fast: ``gossip-fast bench`` and ``gossip-fast
+stats`` (also ``python -m gossip_fast ...``)."""
 import argparse
 import json
+import os
 import sys
 
 from . import bench
@@ -62,12 +63,111 @@ def build_parser():
                      metavar='R', help='repeats; the best is kept (default: %(default)s)')
     run.add_argument('--json', action='store_true',
                      help='print the results as JSON instead of a table')
+    run.add_argument('--plot', metavar='FILE.png',
+                     help='also draw the results side by side into FILE.png '
+                     "(needs matplotlib: pip install 'gossip-fast[bench]')")
     run.add_argument('--quiet', '-q', action='store_true', help='no progress on stderr')
     run.set_defaults(func=_bench, parser=run)
+
+    ask = commands.add_parser(
+        'stats', help="ask running workers for their gossip_stats",
+        description=(
+            'Broadcast the remote-control command gossip_stats (what `celery '
+            'inspect gossip_stats` sends) and print one line per worker that '
+            'answered: gossip_fast version, core, receive path, peers, events. '
+            'Works whichever way the workers switched gossip_fast on, and '
+            'this process does not need to import gossip_fast in the app.'))
+    where = ask.add_mutually_exclusive_group(required=True)
+    where.add_argument('-A', '--app', metavar='APP',
+                       help='your Celery app, as for `celery -A` (e.g. proj or proj.celery:app)')
+    where.add_argument('-b', '--broker', metavar='URL',
+                       help='the broker URL instead of an app (e.g. redis://localhost:6379/0)')
+    ask.add_argument('-d', '--destination', metavar='NODES',
+                     help='comma-separated worker names (default: every worker)')
+    ask.add_argument('-t', '--timeout', type=_positive(float, 'number'), default=1.0,
+                     metavar='S', help='seconds to wait for replies (default: %(default)g)')
+    ask.add_argument('--json', action='store_true',
+                     help='print {worker: gossip_stats} as JSON')
+    ask.set_defaults(func=_stats, parser=ask)
     return parser
 
 
+def _load_app(args):
+    if args.broker:
+        from celery import Celery
+        return Celery('gossip-fast-stats', broker=args.broker, set_as_current=False)
+    from celery.app.utils import find_app  # as `celery -A` finds it (cwd first)
+    try:
+        return find_app(args.app)
+    except Exception as exc:  # ImportError, AttributeError, anything the module raises
+        args.parser.error(f'cannot load the Celery app {args.app!r}: {exc!r}')
+
+
+def _summary(stats):
+    """One line of a worker's gossip_stats."""
+    if not isinstance(stats, dict):
+        return f'unexpected reply {stats!r}'
+    if 'error' in stats and 'enabled' not in stats:
+        error = stats['error']
+        if 'gossip_stats' in str(error):  # KeyError: the command is unknown there
+            return (f'does not know gossip_stats ({error}): stock Gossip, or a worker '
+                    'that does not import gossip_fast')
+        return f'error: {error}'
+    head = (f"gossip_fast {stats.get('version', '?')}, core "
+            f"{stats.get('implementation', '?')}")
+    if not stats.get('enabled'):
+        return f"{head}; gossip OFF: {stats.get('why', 'disabled')}"
+    receive = stats.get('receive') or {}
+    path = receive.get('path', '?')
+    if receive.get('why'):
+        path += f" ({receive['why']})"
+    elif receive.get('max_delay'):
+        path += f" (max delay {receive['max_delay']:g} s)"
+    events = stats.get('events') or {}
+    dropped = sum((stats.get('dropped') or {}).values())
+    return (f"{head}, receive {path}; {stats.get('alive_workers')} of "
+            f"{stats.get('tracked_workers')} peers alive; "
+            f"{events.get('applied', 0):,} events applied, {dropped:,} dropped; "
+            f"joins {stats.get('joins')}, leaves {stats.get('leaves')}, "
+            f"losses {stats.get('losses')}; clock {stats.get('clock')}")
+
+
+def _stats(args):
+    app = _load_app(args)
+    destination = ([name.strip() for name in args.destination.split(',') if name.strip()]
+                   if args.destination else None)
+    try:
+        replies = app.control.broadcast(
+            'gossip_stats', reply=True, timeout=args.timeout, destination=destination,
+            limit=len(destination) if destination else None)
+    except Exception as exc:  # no broker, refused connection, ...
+        print(f'gossip-fast stats: cannot reach the broker: {exc!r}', file=sys.stderr)
+        return 1
+    merged = {}
+    for reply in replies or ():
+        merged.update(reply)
+    if args.json:
+        print(json.dumps(merged, indent=2, sort_keys=True))
+    else:
+        for hostname in sorted(merged):
+            print(f'{hostname}: {_summary(merged[hostname])}')
+    if not merged:
+        print(f'gossip-fast stats: no worker replied within {args.timeout:g} s',
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def _bench(args):
+    if args.plot:  # fail now, not after minutes of benchmark
+        from . import plot
+        try:
+            plot.require()
+        except plot.Unavailable as exc:
+            args.parser.error(f'--plot: {exc}')
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            args.parser.error(f'--plot: no such folder {folder!r}')
     if 'cython' in args.implementations:
         try:
             bench.load_core('cython')
@@ -88,6 +188,9 @@ def _bench(args):
         print(json.dumps(report, indent=2))
     else:
         print(bench.format_report(report))
+    if args.plot:
+        plot.plot_report(report, args.plot)
+        progress(f'chart written to {args.plot}')
     return 0
 
 

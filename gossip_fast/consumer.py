@@ -8,6 +8,12 @@ from celery.utils.imports import symbol_by_name
 from celery.worker.consumer import Consumer as StockConsumer
 from celery.worker.consumer.gossip import Gossip as StockGossip
 
+# Registers the remote-control command ``gossip_stats`` (Celery keeps its
+# commands in one global registry, filled at import).  Every way of running
+# our step imports this module: ``install()``, ``worker_consumer =
+# 'gossip_fast:Consumer'`` and a wrapped custom consumer, so every such worker
+# answers ``gossip_stats``, not only those set up through ``install()``.
+from . import control  # noqa: F401
 from .bootstep import Gossip
 
 __all__ = ('Consumer', 'consumer_class', 'STOCK_STEP', 'OUR_STEP')

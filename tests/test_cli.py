@@ -89,3 +89,94 @@ def test_python_dash_m_and_quiet():
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ''
     assert list(json.loads(proc.stdout)['results']) == ['stock', 'python']
+
+
+# -- bench --plot ------------------------------------------------------------------
+
+
+def png_size(path):
+    """(width, height) from a PNG's IHDR chunk."""
+    with open(path, 'rb') as f:
+        head = f.read(24)
+    assert head[:8] == b'\x89PNG\r\n\x1a\n', head
+    return int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big')
+
+
+@needs_cython
+def test_plot_draws_the_three_implementations(capsys, tmp_path):
+    pytest.importorskip('matplotlib')  # the bench extra (in dev, not in test)
+    path = tmp_path / 'bench.png'
+    assert main([*TINY, '--plot', str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert 'speedup on_message' in out  # the table is still printed
+    assert f'chart written to {path}' in err
+    width, height = png_size(path)
+    assert width > 800 and height > 300
+
+
+def test_plot_needs_matplotlib_and_says_so_before_running(capsys, monkeypatch, tmp_path):
+    from gossip_fast import bench
+    monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import fails
+    monkeypatch.setitem(sys.modules, 'matplotlib.pyplot', None)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError('the benchmark ran before --plot was checked')
+    monkeypatch.setattr(bench, 'simulate', must_not_run)
+    err = run_error(capsys, '--plot', str(tmp_path / 'x.png'))
+    assert "--plot: needs matplotlib" in err
+    assert "pip install 'gossip-fast[bench]'" in err
+    assert not (tmp_path / 'x.png').exists()
+
+
+def test_plot_into_a_missing_folder_fails_before_running(capsys, monkeypatch, tmp_path):
+    pytest.importorskip('matplotlib')
+    from gossip_fast import bench
+    monkeypatch.setattr(bench, 'simulate', lambda *a, **k: pytest.fail('ran'))
+    err = run_error(capsys, '--plot', str(tmp_path / 'nowhere' / 'x.png'))
+    assert '--plot: no such folder' in err
+
+
+# -- stats ---------------------------------------------------------------------------
+
+
+def stats_error(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(['stats', *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('usage: gossip-fast stats')
+    return err
+
+
+def test_stats_needs_an_app_or_a_broker(capsys):
+    assert 'one of the arguments -A/--app -b/--broker is required' in stats_error(capsys)
+
+
+def test_stats_app_that_does_not_load(capsys):
+    err = stats_error(capsys, '-A', 'no_such_module_here_at_all')
+    assert "cannot load the Celery app 'no_such_module_here_at_all'" in err
+
+
+def test_stats_summary_lines():
+    from gossip_fast.cli import _summary
+    assert _summary({'error': "KeyError('gossip_stats')"}).startswith(
+        "does not know gossip_stats (KeyError('gossip_stats')): stock Gossip")
+    assert _summary({'version': '1.0', 'implementation': 'python', 'enabled': False,
+                     'clock': 3, 'why': '--without-gossip'}) == (
+        'gossip_fast 1.0, core python; gossip OFF: --without-gossip')
+    assert _summary({
+        'version': '1.0', 'implementation': 'cython', 'enabled': True, 'clock': 9,
+        'receive': {'path': 'kombu', 'why': 'classic mode: GOSSIP_FAST_RECEIVE=classic'},
+        'events': {'applied': 1234}, 'dropped': {'bad_freq': 2}, 'alive_workers': 3,
+        'tracked_workers': 4, 'joins': 5, 'leaves': 1, 'losses': 0}) == (
+        'gossip_fast 1.0, core cython, receive kombu (classic mode: '
+        'GOSSIP_FAST_RECEIVE=classic); 3 of 4 peers alive; 1,234 events applied, '
+        '2 dropped; joins 5, leaves 1, losses 0; clock 9')
+
+
+@pytest.mark.broker
+def test_stats_with_no_worker_replies_exits_1(redis_server, capsys):
+    # db 15: no other test's workers share its pidbox
+    url = redis_server.url.rsplit('/', 1)[0] + '/15'
+    assert main(['stats', '-b', url, '-t', '0.3']) == 1
+    assert 'no worker replied within 0.3 s' in capsys.readouterr().err

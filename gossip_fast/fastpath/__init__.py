@@ -15,18 +15,25 @@ has an event loop, else kombu) or ``"classic"`` (always kombu's consumer, as
 stock).  ``gossip_fast_max_delay`` / ``GOSSIP_FAST_MAX_DELAY`` bounds the
 delay it adds, in seconds.
 """
+import importlib
 import os
 
 from celery.utils.log import get_logger
 
 from .loop import HubDriver
 
-__all__ = ('select', 'start', 'receive_mode', 'max_delay', 'MODES', 'DEFAULT_MAX_DELAY')
+__all__ = ('select', 'start', 'transport_of', 'receive_mode', 'max_delay', 'MODES',
+           'DEFAULT_MAX_DELAY', 'READERS')
 
 logger = get_logger(__name__)
 
 MODES = ('auto', 'classic')
 DEFAULT_MAX_DELAY = 0.1
+#: The fast reader (module, class) of each transport that has one.
+READERS = {
+    'redis': ('gossip_fast.fastpath.redis', 'RedisReader'),
+    'amqp': ('gossip_fast.fastpath.amqp', 'AMQPReader'),
+}
 
 
 def _setting(app, name, env, default, kinds):
@@ -73,24 +80,28 @@ def max_delay(app):
 
 def select(app, channel, hub):
     """``(reader class, None)`` for the fast path, or ``(None, why)`` for
-    kombu's consumer: classic mode, no event loop, another transport, or
-    a missing library."""
+    kombu's consumer: classic mode, a transport without a fast reader, a
+    missing library, or a worker without an event loop."""
     if receive_mode(app) == 'classic':
-        return None, 'gossip_fast_receive is classic'
-    if hub is None:
-        return None, 'no event loop in this pool (gevent/eventlet): kombu wakes on data'
-    driver = getattr(getattr(channel.connection, 'client', None), 'transport', None)
-    driver = getattr(driver, 'driver_type', None)
+        if os.environ.get('GOSSIP_FAST_RECEIVE'):
+            return None, 'classic mode: GOSSIP_FAST_RECEIVE=classic'
+        return None, "classic mode: gossip_fast_receive = 'classic'"
+    driver = transport_of(channel)
+    if driver not in READERS:
+        return None, f'no fast reader for the {driver!r} transport'
     try:
-        if driver == 'redis':
-            from .redis import RedisReader as Reader
-        elif driver == 'amqp':
-            from .amqp import AMQPReader as Reader
-        else:
-            return None, f'no fast reader for the {driver} transport'
-    except ImportError as exc:
-        return None, f'no fast reader for {driver}: {exc}'
+        Reader = getattr(importlib.import_module(READERS[driver][0]), READERS[driver][1])
+    except ImportError as exc:  # e.g. redis-py missing: celery[redis] not installed
+        return None, f'the {driver} fast reader cannot load: {exc}'
+    if hub is None:
+        return None, 'no event loop in this pool (gevent, eventlet): kombu wakes on data'
     return Reader, None
+
+
+def transport_of(channel):
+    """The kombu transport's ``driver_type`` of *channel* (None if unknown)."""
+    client = getattr(channel.connection, 'client', None)
+    return getattr(getattr(client, 'transport', None), 'driver_type', None)
 
 
 def start(gossip, channel, queue, hub):
@@ -108,7 +119,8 @@ def start(gossip, channel, queue, hub):
     except Exception as exc:  # pylint: disable=broad-except
         logger.warning('gossip_fast: fast receive path unavailable (%r); '
                        'using the kombu consumer', exc)
-        gossip.receive_fallback = f'fast reader failed to start: {exc!r}'
+        gossip.receive_fallback = (f'the {Reader.name} fast reader failed to start: '
+                                   f'{exc!r}')
         driver.stop()
         return None
     return driver

@@ -6,7 +6,9 @@ Configured from the environment:
 ``CLUSTER_BROKER_URL``
     the broker (``redis://...`` or ``amqp://...``).
 ``CLUSTER_GOSSIP``
-    ``fast`` (default): ``gossip_fast.install(app)``; ``stock``: Celery's own
+    ``fast`` (default): ``gossip_fast.install(app)``; ``consumer``: only
+    ``worker_consumer = 'gossip_fast:Consumer'`` (the no-code-change route:
+    this module does not import gossip_fast); ``stock``: Celery's own
     Gossip step.  ``GOSSIP_FAST_NO_EXTENSIONS=1`` picks gossip_fast's
     pure-Python fallback, as for any project.
 ``CLUSTER_EVENTS_DIR``
@@ -42,8 +44,11 @@ app.conf.update(
 if GOSSIP == 'fast':
     import gossip_fast
     gossip_fast.install(app)
+elif GOSSIP == 'consumer':
+    app.conf.worker_consumer = 'gossip_fast:Consumer'
 elif GOSSIP != 'stock':
-    raise RuntimeError(f'CLUSTER_GOSSIP must be "fast" or "stock", not {GOSSIP!r}')
+    raise RuntimeError(
+        f'CLUSTER_GOSSIP must be "fast", "consumer" or "stock", not {GOSSIP!r}')
 
 
 def _gossip_steps(c):

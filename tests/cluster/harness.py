@@ -101,6 +101,11 @@ def log_records(text: str) -> list[dict]:
     return records
 
 
+#: gossip_fast's start line (gossip_fast/observability.py) and its
+#: "receive path changed" line after a consumer restart.
+START_LINE = re.compile(r"^gossip_fast(?: \S+: core |: receive path changed)")
+
+
 class ClusterError(AssertionError):
     """A worker died, or a condition did not come true in time."""
 
@@ -180,6 +185,11 @@ class Worker:
         self.started_at: float | None = None
         self.expect_running = False  # a death is an error while this is True
         self.stopped_at: float | None = None  # time.time() of our kill/term
+        # How gossip_fast is switched on in the app (tests/cluster/app.py):
+        # "install" (gossip_fast.install(app)) or "consumer" (only
+        # worker_consumer = 'gossip_fast:Consumer'); extra worker arguments.
+        self.route = "install"
+        self.extra_args: list[str] = []
 
     def __repr__(self) -> str:
         state = "not started"
@@ -204,7 +214,8 @@ class Worker:
             PYTHONPATH=os.pathsep.join(pythonpath),
             PYTHONUNBUFFERED="1",
             CLUSTER_BROKER_URL=self.cluster.broker_url,
-            CLUSTER_GOSSIP="stock" if self.kind == "stock" else "fast",
+            CLUSTER_GOSSIP=("stock" if self.kind == "stock" else
+                            "consumer" if self.route == "consumer" else "fast"),
             CLUSTER_EVENTS_DIR=self.cluster.folder,
         )
         env[MARKER] = self.cluster.folder
@@ -220,6 +231,7 @@ class Worker:
             "--pool", "solo",
             "-n", f"{self.name}@%h",
             "--loglevel", LOGLEVEL,
+            *self.extra_args,
         ]
 
     def start(self) -> "Worker":
@@ -328,6 +340,12 @@ class Worker:
                 problems.append(record["text"])
         return problems
 
+    def start_lines(self) -> list[str]:
+        """gossip_fast's start line(s) in the log (``gossip_fast <version>:
+        core ...``) and its "receive path changed" lines."""
+        return [r["message"] for r in self.log_records()
+                if START_LINE.search(r["message"])]
+
     def known_celery_errors(self) -> int:
         """How many times :data:`KNOWN_CELERY_RESTART_ERROR` was logged."""
         return sum(1 for r in self.log_records()
@@ -358,12 +376,15 @@ class Cluster:
 
     # -- workers -------------------------------------------------------------
 
-    def add(self, *kinds: str) -> list[Worker]:
-        """Start one worker per kind (in parallel); do not wait."""
+    def add(self, *kinds: str, route: str = "install",
+            extra_args: Iterable[str] = ()) -> list[Worker]:
+        """Start one worker per kind (in parallel); do not wait.  ``route``
+        and ``extra_args``: see :class:`Worker`."""
         new = []
         for kind in kinds:
             name = f"{self.prefix}-{len(self.workers)}-{kind.replace(':', '-')}"
             worker = Worker(self, name, kind)
+            worker.route, worker.extra_args = route, list(extra_args)
             self.workers.append(worker)
             new.append(worker.start())
         return new

@@ -179,6 +179,9 @@ class TestBrokerRestart:
 
         assert all(w.running for w in workers), workers
         assert_clean_logs(workers, allow_connection_errors=True)
+        # the consumer restarted on the same receive path: still one start line
+        for worker in fast:
+            assert len(worker.start_lines()) == 1, (worker.hostname, worker.start_lines())
         known = {w.name.split("-", 2)[2]: w.known_celery_errors() for w in workers}
         record_result(SCENARIO, broker_name, "known_celery_error", None, count=known)
         print(known, "times 'Error on restarting Gossip: AttributeError' (Celery 5.7)")
