@@ -28,7 +28,10 @@ __all__ = ('select', 'start', 'transport_of', 'receive_mode', 'max_delay', 'MODE
 logger = get_logger(__name__)
 
 MODES = ('auto', 'classic')
-DEFAULT_MAX_DELAY = 0.1
+#: A quarter of a second: an eighth of the heartbeat interval, and each
+#: loop turn it saves under load costs more than a hundred heartbeats
+#: (docs/receive-path.md).
+DEFAULT_MAX_DELAY = 0.25
 #: The fast reader (module, class) of each transport that has one.
 READERS = {
     'redis': ('gossip_fast.fastpath.redis', 'RedisReader'),

@@ -161,7 +161,7 @@ class AMQPReader(Reader):
     #: Property templates kept (``_templated``): senders' kinds of properties.
     templates = 4
 
-    def __init__(self, gossip, channel, queue, max_delay=0.1):
+    def __init__(self, gossip, channel, queue, max_delay=0.25):
         super().__init__(gossip, channel, queue, max_delay=max_delay)
         self.conn = None            # our kombu Connection
         self.amqp_channel = None    # its py-amqp channel

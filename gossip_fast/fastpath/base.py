@@ -119,7 +119,7 @@ class Reader:
     #: Name of the path in the stats.
     name = 'fast'
 
-    def __init__(self, gossip, channel, queue, max_delay=0.1):
+    def __init__(self, gossip, channel, queue, max_delay=0.25):
         self.gossip = gossip
         self.receiver = gossip._receiver
         self.channel = channel           # the consumer's own kombu channel

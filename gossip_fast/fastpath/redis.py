@@ -165,13 +165,13 @@ class RedisReader(Reader):
     #: Read at most this much per drain...
     max_read_bytes = 4 * 1024 * 1024
     #: ...and at least this much (when available) even when reading has used
-    #: up its half of the budget: 2.5 MB/s at the default 0.1 s interval,
-    #: ~3,500 heartbeats/s (a 7,000-worker cluster) on the slowest machine.
+    #: up its half of the budget, so a reader that is behind still makes
+    #: progress through its socket.
     min_read_bytes = 256 * 1024
     #: Connect/handshake timeout when the channel sets none (seconds).
     connect_timeout = 2.0
 
-    def __init__(self, gossip, channel, queue, max_delay=0.1):
+    def __init__(self, gossip, channel, queue, max_delay=0.25):
         super().__init__(gossip, channel, queue, max_delay=max_delay)
         self.bad_envelopes = 0
         self.duplicates = 0

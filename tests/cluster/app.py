@@ -14,6 +14,9 @@ Configured from the environment:
 ``CLUSTER_EVENTS_DIR``
     folder for the event files: each worker appends JSON lines to
     ``<hostname>.jsonl`` there.
+``CLUSTER_REMOTE_CONTROL``
+    ``0``: no remote control (``worker_enable_remote_control = False``), so
+    that what a test counts of the worker's sockets is not Celery's pidbox.
 
 The :class:`ClusterStep` below is a user bootstep written as in Celery's
 "Extensions and Bootsteps" guide: it requires the *stock* Gossip step by
@@ -40,6 +43,9 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
 )
+
+if os.environ.get('CLUSTER_REMOTE_CONTROL') == '0':
+    app.conf.worker_enable_remote_control = False
 
 if GOSSIP == 'fast':
     import gossip_fast

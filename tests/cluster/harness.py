@@ -190,6 +190,7 @@ class Worker:
         # worker_consumer = 'gossip_fast:Consumer'); extra worker arguments.
         self.route = "install"
         self.extra_args: list[str] = []
+        self.extra_env: dict[str, str] = {}
 
     def __repr__(self) -> str:
         state = "not started"
@@ -223,6 +224,7 @@ class Worker:
             env["GOSSIP_FAST_NO_EXTENSIONS"] = "1"
         if self.receive is not None:
             env["GOSSIP_FAST_RECEIVE"] = self.receive
+        env.update(self.extra_env)
         return env
 
     def argv(self) -> list[str]:
@@ -377,14 +379,16 @@ class Cluster:
     # -- workers -------------------------------------------------------------
 
     def add(self, *kinds: str, route: str = "install",
-            extra_args: Iterable[str] = ()) -> list[Worker]:
-        """Start one worker per kind (in parallel); do not wait.  ``route``
-        and ``extra_args``: see :class:`Worker`."""
+            extra_args: Iterable[str] = (), env: dict[str, str] | None = None
+            ) -> list[Worker]:
+        """Start one worker per kind (in parallel); do not wait.  ``route``,
+        ``extra_args`` and ``env`` (more environment): see :class:`Worker`."""
         new = []
         for kind in kinds:
             name = f"{self.prefix}-{len(self.workers)}-{kind.replace(':', '-')}"
             worker = Worker(self, name, kind)
             worker.route, worker.extra_args = route, list(extra_args)
+            worker.extra_env = dict(env or {})
             self.workers.append(worker)
             new.append(worker.start())
         return new

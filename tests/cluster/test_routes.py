@@ -72,7 +72,7 @@ class TestWorkerConsumerRoute:
         head = f"gossip_fast {gossip_fast.__version__}: {core}, receive "
         path = FAST_PATH[route.broker_name]
         assert route.auto.start_lines() == [
-            f"{head}{path} (batched, max delay 0.1 s)"]
+            f"{head}{path} (batched, max delay 0.25 s)"]
         [classic] = route.classic.start_lines()
         # why kombu: classic mode (the fast path words it)
         assert classic.startswith(f"{head}kombu (") and "classic" in classic, classic
@@ -104,7 +104,7 @@ class TestWorkerConsumerRoute:
         lines = dict(line.split(": ", 1) for line in out.splitlines())
         prefix = f"gossip_fast {gossip_fast.__version__}, core {route.implementation}"
         assert lines[route.auto.hostname].startswith(
-            f"{prefix}, receive {FAST_PATH[route.broker_name]} (max delay 0.1 s); "
+            f"{prefix}, receive {FAST_PATH[route.broker_name]} (max delay 0.25 s); "
             "2 of 2 peers alive; ")
         assert lines[route.off.hostname] == f"{prefix}; gossip OFF: --without-gossip"
 
