@@ -19,7 +19,8 @@ import time
 from decimal import Decimal
 
 from kombu.message import Message
-from kombu.serialization import loads as kombu_loads
+
+from . import _common  # the limits and the logic both cores share
 
 include "constants.pyx"  # limits and module-level values
 

@@ -2,7 +2,7 @@
 
 @cython.final
 cdef class Clock:
-    cdef long long _value
+    cdef public long long _value  # public for the shared `value` property
     cdef public object mutex
     cdef public Py_ssize_t rejected
 

@@ -1,15 +1,6 @@
 # The Lamport clock (included by _core.pyx; declarations in clock.pxd).
 
 
-cdef inline bint valid_peer_clock_c(object value):
-    return type(value) is int and 0 <= value <= _MAX_PEER_CLOCK
-
-
-def valid_peer_clock(value):
-    """Return True if *value* may be adjusted to (an int in range)."""
-    return valid_peer_clock_c(value)
-
-
 cdef class Clock:
     """Lamport clock with the API of :class:`kombu.clocks.LamportClock`.
 
@@ -22,19 +13,9 @@ cdef class Clock:
 
     def __init__(self, initial_value=0, Lock=threading.Lock):
         self.mutex = Lock()
-        self.rejected = 0
-        self.value = initial_value
+        self.value = initial_value  # (rejected, a C field, starts at 0)
 
-    @property
-    def value(self):
-        return self._value
-
-    @value.setter
-    def value(self, value):
-        if type(value) is not int or not 0 <= value <= _CLOCK_CEILING:
-            raise ValueError(
-                f'Lamport clock value must be an int in [0, 2**63): {value!r}')
-        self._value = value
+    value = _common.clock_value  # checks, then sets _value
 
     cdef inline long long adjust_c(self, long long other):
         cdef long long value = self._value
@@ -59,25 +40,20 @@ cdef class Clock:
     def forward(self):
         return self.forward_c()
 
-    def sort_heap(self, h):
-        """Return the first (lowest clock, then lowest id) event of *h*.
-
-        Same result as kombu's for lists of two or more, and also correct for
-        a list of one (kombu raises IndexError there).
-        """
-        if len(h) == 1:
-            return h[0]
-        if h[0][0] == h[1][0]:
-            same = []
-            for prev, nxt in zip(h, h[1:]):
-                if prev[0] != nxt[0]:
-                    break
-                same.append(prev)
-            return sorted(same, key=lambda event: event[1])[0]
-        return h[0]
+    sort_heap = _common.sort_heap
 
     def __str__(self):
         return str(self._value)
 
     def __repr__(self):
         return f'<{type(self).__name__}: {self._value}>'
+
+
+cdef inline bint valid_peer_clock_c(object value):
+    """_common.valid_peer_clock, without a call."""
+    return type(value) is int and 0 <= value <= _MAX_PEER_CLOCK
+
+
+def valid_peer_clock(value):
+    """Return True if *value* may be adjusted to (an int in range)."""
+    return valid_peer_clock_c(value)

@@ -26,13 +26,12 @@ cdef class Receiver:
     cdef object raw_json(self, object body, object content_type,
                          object content_encoding, object headers)
     cdef inline bint slotted(self, object message) except -1
-    cdef object message_raw(self, object message)
-    cpdef object decode(self, message, raw=*)
+    cpdef object _message_raw(self, object message)
+    cdef object body_of(self, object message, object raw)
     cdef bint fast_lane(self, object raw, dict headers) except -1
     cdef bint scanned_lane(self, bytes raw, const char* p, Scan* scan,
                            dict headers) except -1
     cdef object _reject(self, str reason, object hostname, object detail)
-    cdef object _rejected(self, str reason, object hostname, object detail)
     cdef dict prepare_c(self, dict body)
     cdef object _handle(self, object prepare, object routing_key, object message,
                         object raw, object headers)

@@ -3,12 +3,12 @@
 
 
 cdef class Receiver:
-    """``Gossip.on_message``: route, decode, prepare and apply one event.
+    """``Gossip.on_message`` (the fallback's ``Receiver``).
 
-    *gossip* is the bootstep; its ``hostname``, ``event_handlers``,
-    ``update_state`` and ``clock`` are looked up on every message, so tests
-    and users can swap them at run time as with stock Celery.  When they are
-    the ones the bootstep was built with, the event takes the fast path.
+    The bootstep's swappable attributes are cached (:meth:`refresh`); a
+    kombu message is read through its slots; a standard worker event is
+    applied without a dict (:meth:`fast_lane`, :meth:`scanned_lane`), and
+    any other goes the general way, with the fallback's checks in C.
     """
 
     @property
@@ -31,12 +31,10 @@ cdef class Receiver:
         self.state_event = state.event if state is not None else None
         self.fast_prepare = self.prepare
         self._hosts = _HostIndex()
-        self.received = 0
-        self.applied = 0
-        self.own = 0
-        self.skipped_tasks = 0
-        self.decode_fallbacks = 0
+        # the counters (received, applied, ...) are C fields: they start at 0
         self.refresh()
+
+    stats = _common.receiver_stats
 
     def refresh(self):
         """Re-read the bootstep's ``hostname``, ``clock``, ``update_state``
@@ -75,7 +73,7 @@ cdef class Receiver:
             return True
         return False
 
-    cdef object message_raw(self, object message):
+    cpdef object _message_raw(self, object message):
         """:meth:`raw_json` of a real kombu message, else None."""
         if self.slotted(message):
             return self.raw_json(
@@ -86,37 +84,19 @@ cdef class Receiver:
         return self.raw_json(message.body, message.content_type,
                              message.content_encoding, message.headers)
 
-    cpdef object decode(self, message, raw=None):
-        """The payload of *message* (or of its *raw* JSON bytes), or
-        :data:`REJECTED` (and a rejection) if it is bad.
+    decode = _common.decode
 
-        Real kombu messages with a JSON body are decoded here from their raw
-        bytes; everything else goes through kombu's ``loads`` with our
-        ``accept`` set, so nothing outside it (pickle) is ever decoded.
-        """
-        if raw is None:
-            if not isinstance(message, Message):
-                try:  # a message-like object of the user's or a test's
-                    return message.payload
-                except Exception as exc:
-                    return self._rejected('decode_error', None, exc)
-            if message.errors:
-                return self._rejected('decode_error', None, 'undecompressable body')
-            raw = self.message_raw(message)
-            if raw is None:
-                try:
-                    return kombu_loads(message.body, message.content_type,
-                                       message.content_encoding, accept=self._accept)
-                except Exception as exc:
-                    return self._rejected('decode_error', None, exc)
-        try:
-            return _fast_json(raw)
-        except Exception:
-            self.decode_fallbacks += 1  # NaN, Infinity, bad UTF-8: kombu decides
-        try:
-            return kombu_loads(raw, JSON, 'utf-8', accept=self._accept)
-        except Exception as exc:
-            return self._rejected('decode_error', None, exc)
+    cdef object body_of(self, object message, object raw):
+        """``_common.decoded(self, message, raw)``: JSON bytes that msgspec
+        takes to a dict without a Python call."""
+        if raw is not None:
+            try:
+                found = _fast_json(raw)
+            except Exception:
+                found = None  # NaN, Infinity, bad UTF-8: the general way decides
+            if type(found) is dict:
+                return found
+        return _common.decoded(self, message, raw)
 
     cdef bint fast_lane(self, object raw, dict headers) except -1:
         """Handle a standard worker event without building a dict.
@@ -214,22 +194,14 @@ cdef class Receiver:
         self.gossip._reject(reason, hostname, detail)
         return None
 
-    cdef object _rejected(self, str reason, object hostname, object detail):
-        self.gossip._reject(reason, hostname, detail)
-        return _REJECTED
-
     # -- the event's preparation (event_from_message, localize=False) -------
 
     def prepare(self, body):
-        """Apply the Lamport clock rules to *body* and stamp it.
-
-        Same contract as ``EventReceiver.event_from_message(body,
-        localize=False)``: returns ``(type, body)``.  A clock that is not an
-        int in range is not taken; the clock is forwarded as if the event had
-        none.
-        """
-        if type(body) is not dict:  # stock takes any mapping; so do we
-            body = dict(body)
+        """``_common.prepare``, in C for a dict (every decoded body is one):
+        *body* is stamped in place and returned, whatever mapping it is, as
+        stock does."""
+        if type(body) is not dict:
+            return _common.prepare(self, body)
         return body['type'], self.prepare_c(<dict>body)
 
     cdef dict prepare_c(self, dict body):
@@ -270,17 +242,13 @@ cdef class Receiver:
 
     def on_raw(self, routing_key, headers, body, content_type=JSON,
                content_encoding='utf-8', exchange='celeryev'):
-        """One event read by a transport reader of ``gossip_fast.fastpath``:
-        the same as :meth:`on_message` for the kombu message of these parts
-        (which is built, and decoded by kombu, when we cannot decode it)."""
+        """The fallback's ``Receiver.on_raw``."""
         if headers is None:
             headers = {}
         raw = self.raw_json(body, content_type, content_encoding, headers)
         if raw is None:
-            return self.on_message(self.fast_prepare, Message(
-                body=body, content_type=content_type,
-                content_encoding=content_encoding, headers=headers,
-                delivery_info={'exchange': exchange, 'routing_key': routing_key}))
+            return _common.on_parts(self, routing_key, headers, body, content_type,
+                                    content_encoding, exchange)
         self.received += 1
         return self._handle(self.fast_prepare, routing_key, None, raw, headers)
 
@@ -299,16 +267,12 @@ cdef class Receiver:
         else:
             handler = handlers.get(routing_key)
         if handler is not None:
-            payload = self.decode(message, raw)
-            if payload is _REJECTED:
-                return None
-            if type(payload) is not dict:
-                return self._reject('bad_body', None, type(payload).__name__)
-            return gossip._call_event_handler(handler, payload)
+            payload = _common.decoded(self, message, raw)
+            return None if payload is None else gossip._call_event_handler(handler, payload)
         if (prepare is self.fast_prepare and self._state is not None
                 and self._update_state is self.state_event):
             if message is not None:
-                raw = self.message_raw(message)
+                raw = self._message_raw(message)
                 if raw is not None:  # read as message_raw read the rest
                     headers = (_slot(message, _OFF_HEADERS)
                                if type(message) is self._message_type
@@ -319,11 +283,9 @@ cdef class Receiver:
                         return None
                 except Exception as exc:  # never raise out of the consumer
                     return self._reject('error', None, exc)
-        found = self.decode(message, raw)
-        if found is _REJECTED:
+        found = self.body_of(message, raw)
+        if found is None:
             return None
-        if type(found) is not dict:
-            return self._reject('bad_body', None, type(found).__name__)
         cdef dict body = <dict>found
         if message is not None:
             headers = message.headers
@@ -332,7 +294,7 @@ cdef class Receiver:
         hostname = header_host or body_host
         if type(hostname) is not str or not hostname:
             return self._reject('bad_hostname', None, hostname)
-        if header_host and body_host is not None and body_host != header_host:
+        if header_host and body_host is not None and _ne(body_host, header_host):
             return self._reject('hostname_mismatch', header_host, body_host)
         if hostname == self._hostname:
             self.own += 1
@@ -345,28 +307,13 @@ cdef class Receiver:
         if type(body.get('type')) is not str:
             return self._reject('bad_type', hostname, body.get('type'))
         try:
-            if prepare is self.fast_prepare:
-                event = self.prepare_c(body)
-            else:
-                event = prepare(body)[1]
+            event = self.prepare_c(body) if prepare is self.fast_prepare else prepare(body)[1]
             update_state = self._update_state
-            if update_state is self.state_event and self._state is not None:
-                dropped = self._state.dropped
-                self._state.apply(<dict>event)
-                if self._state.dropped != dropped:
-                    return None  # bad input, counted by the state
-            else:
+            if update_state is not self.state_event or self._state is None:
                 update_state(event)
+            elif not self._state.take(<dict>event):
+                return None  # bad input, counted by the state
         except Exception as exc:  # never raise out of the consumer
             return self._reject('error', hostname, exc)
         self.applied += 1
         return None
-
-    def stats(self):
-        return {
-            'received': self.received,
-            'applied': self.applied,
-            'own': self.own,
-            'skipped_tasks': self.skipped_tasks,
-            'decode_fallbacks': self.decode_fallbacks,
-        }

@@ -6,14 +6,14 @@
 # descriptor's) instead of a Python attribute lookup, checked at import (or
 # once per message class) against getattr.
 
-try:  # exact JSON (big ints preserved)
+_fast_json = _common.fast_json  # exact JSON (big ints preserved), or None
+
+try:
     import msgspec
 except ImportError:  # pragma: no cover - depends on the platform
-    _fast_json = _decode_event = None
+    _decode_event = None
     _EVENT_FIELDS = ()
 else:
-    _fast_json = msgspec.json.Decoder().decode
-
     class _Event(msgspec.Struct, forbid_unknown_fields=True, gc=False):
         """The body of a worker event exactly as Celery sends it (13 fields,
         no others): such bodies skip the dict and land in the table as is."""
@@ -33,7 +33,10 @@ else:
 
     _decode_event = msgspec.json.Decoder(_Event).decode
     _EVENT_FIELDS = _Event.__struct_fields__
+
+# the names a Worker serves from its last standard event
 cdef frozenset _EVENT_FIELD_SET = frozenset(_EVENT_FIELDS) | {'local_received'}
+
 
 # Where the fields the hot path reads sit inside an _Event: a Struct keeps
 # its fields in slots, so reading one is a load at a fixed offset (the

@@ -63,9 +63,12 @@ cdef class State:
 
     cdef object _reject(self, str reason, object hostname, object detail)
     cdef Worker apply(self, dict event)
+    cdef bint take(self, dict event) except -1
     cdef void apply_event(self, object event, str hostname, bint online,
                           double timestamp, double freq, double received) except *
-    cdef Worker _offline(self, object found, object hostname, dict event)
+    cdef inline Worker _entry(self, object hostname)
+    cdef inline void _joined(self, Worker worker) except *
+    cdef Worker _offline(self, object hostname, dict event)
     cdef inline void _heartbeat(self, Worker worker, double timestamp,
                                 double received) except *
     cdef inline void _schedule(self, Worker worker) except *

@@ -6,44 +6,29 @@ cdef object _MISSING = object()  # an absent key (None is a value)
 
 
 cdef class State:
-    """The table of peers: ``workers`` maps hostname to :class:`Worker`.
+    """The table of peers, ``workers`` (the fallback's ``State``).
 
-    Every tracked worker sits in one slot of a deadline wheel, the slot of
-    the time its last heartbeat expires.  The sweep visits only the slots
-    that are due, so its cost does not grow with the number of live
-    workers, and a heartbeat moves its worker to a later slot in O(1).
-    There is no size cap: nothing is evicted while it is alive.
+    A slot of its deadline wheel is a _Bucket, a linked list through its
+    workers, so that a heartbeat moves its worker without dict work; the
+    slot the last heartbeat went to is remembered, as the next one most
+    often goes there too.
     """
+
     def __init__(self, on_node_join=None, on_node_leave=None,
                  on_reject=None, on_drift=None):
-        self.workers = {}
-        self.on_node_join = on_node_join
-        self.on_node_leave = on_node_leave
-        self.on_reject = on_reject
-        self.on_drift = on_drift
-        self.event_count = 0
-        self.dropped = 0
-        self.joins = 0
-        self.leaves = 0
-        self.losses = 0
-        self._wheel = {}
-        self._slots = []
+        # the counters (event_count, dropped, ...) are C fields: they start at 0
+        self.workers, self._wheel, self._slots = {}, {}, []
+        self.on_node_join, self.on_node_leave = on_node_join, on_node_leave
+        self.on_reject, self.on_drift = on_reject, on_drift
         self._last_slot = -1
         self._last_bucket = None
 
     cdef object _reject(self, str reason, object hostname, object detail):
-        """Drop the event: count it here and tell the bootstep."""
-        self.dropped += 1
-        if self.on_reject is not None:
-            self.on_reject(reason, hostname, detail)
-        return None
+        _common.reject_event(self, reason, hostname, detail)
 
     def event(self, event):
-        """Apply one prepared event (``celery.events.state.State.event``).
-
-        Returns ``((worker, created), subject)`` for worker events, as stock
-        does, and None for events that do not change the table.
-        """
+        """The fallback's ``State.event``, on a dict (any other mapping is
+        copied into one, never changed)."""
         cdef Worker worker = self.apply(
             <dict>event if type(event) is dict else dict(event))
         if worker is None:
@@ -87,55 +72,60 @@ cdef class State:
                 return None
         reserved = first_reserved_key(event)
         if reserved is not None:
-            if self.on_reject is not None:  # cleaned, still applied
-                self.on_reject('reserved_field', hostname, reserved)
-            event = {k: v for k, v in event.items() if k not in RESERVED_FIELDS}
+            event = _common.clean_reserved(self, event, hostname, reserved)
         self._subject = subject
-        found = self.workers.get(hostname)
         if subject == 'offline':
-            return self._offline(found, hostname, event)
-        created = found is None
-        if created:
-            worker = Worker(hostname)
-            self.workers[hostname] = worker
-        else:
-            worker = <Worker>found
-        self._created = created
+            return self._offline(hostname, event)
+        worker = self._entry(hostname)
         worker.materialize()
         worker._fields.update(event)
         if freq > 0.0:
             worker._freq = freq
         self._heartbeat(worker, timestamp, received)
-        if created or subject == 'online':
-            self.joins += 1
-            if self.on_node_join is not None:
-                self.on_node_join(worker)
+        if self._created or subject == 'online':
+            self._joined(worker)
         return worker
+
+    cdef bint take(self, dict event) except -1:
+        """:meth:`apply`; False if the event was dropped as bad input."""
+        cdef Py_ssize_t dropped = self.dropped
+        self.apply(event)
+        return self.dropped == dropped
 
     cdef void apply_event(self, object event, str hostname, bint online,
                           double timestamp, double freq, double received) except *:
         """Apply a validated standard worker event (not offline): the fast
         lane of :meth:`apply`, with the same effects."""
-        cdef Worker worker
         self.event_count += 1
-        found = self.workers.get(hostname)
-        created = found is None
-        if created:
-            worker = Worker(hostname)
-            self.workers[hostname] = worker
-        else:
-            worker = <Worker>found
+        cdef Worker worker = self._entry(hostname)
         worker.set_event(event, received)
         worker._freq = freq
         self._heartbeat(worker, timestamp, received)
-        if created or online:
-            self.joins += 1
-            if self.on_node_join is not None:
-                self.on_node_join(worker)
+        if self._created or online:
+            self._joined(worker)
 
-    cdef Worker _offline(self, object found, object hostname, dict event):
+    cdef inline void _joined(self, Worker worker) except *:
+        # in C, not shared: a worker's cold start meets every peer at once
+        self.joins += 1
+        if self.on_node_join is not None:
+            self.on_node_join(worker)
+
+    cdef inline Worker _entry(self, object hostname):
+        """The entry of *hostname*, created if there is none (``_created``
+        says which)."""
+        cdef Worker worker
+        found = self.workers.get(hostname)
+        self._created = found is None
+        if found is not None:
+            return <Worker>found
+        worker = Worker(hostname)
+        self.workers[hostname] = worker
+        return worker
+
+    cdef Worker _offline(self, object hostname, dict event):
         cdef Worker worker
         self._created = False
+        found = self.workers.get(hostname)
         if found is None:  # unknown host: tell, but do not store
             worker = Worker(hostname)
         else:
@@ -145,9 +135,7 @@ cdef class State:
             worker.materialize()
         worker._fields.update(event)
         worker._n = 0
-        self.leaves += 1
-        if self.on_node_leave is not None:
-            self.on_node_leave(worker)
+        _common.left(self, worker)
         return worker
 
     cdef inline void _heartbeat(self, Worker worker, double timestamp, double received) except *:
@@ -203,15 +191,11 @@ cdef class State:
         worker._bucket = None
 
     def sweep(self, now=None):
-        """Remove and return the workers whose heartbeats expired by *now*.
-
-        Only due slots are visited: a slot that ended before *now* holds
-        nothing but expired workers; the current slot is checked one by one.
-        """
+        """The fallback's ``State.sweep``, over linked buckets."""
         cdef double t = _time() if now is None else now
         cdef long long current = <long long>(t * _SLOTS_PER_SECOND)
         cdef long long slot
-        cdef list slots = self._slots, lost = [], expired
+        cdef list slots = self._slots, lost = []
         cdef dict wheel = self._wheel, workers = self.workers
         cdef _Bucket bucket
         cdef Worker worker
@@ -224,23 +208,20 @@ cdef class State:
             bucket = <_Bucket>found
             if bucket is self._last_bucket:
                 self._last_bucket = None
-            if slot < current:
-                expired = bucket.members()
-            else:
-                expired = [w for w in bucket.members() if not t < (<Worker>w)._expires]
-            for w in expired:
-                bucket.remove(<Worker>w)
-            if not bucket.count:
-                _heappop(slots)
-                del wheel[slot]
-            for w in expired:
+            for w in bucket.members():
                 worker = <Worker>w
+                if slot == current and t < worker._expires:
+                    continue  # the current slot: not all of it is due yet
+                bucket.remove(worker)
                 worker._slot = -1
                 worker._bucket = None
                 # user code may have removed or replaced the entry
                 if workers.get(worker._hostname) is worker:
                     del workers[worker._hostname]
                     lost.append(worker)
+            if not bucket.count:
+                _heappop(slots)
+                del wheel[slot]
             if slot == current:
                 break
         self.losses += len(lost)
@@ -249,8 +230,7 @@ cdef class State:
     # -- queries -----------------------------------------------------------
 
     def expired(self, now=None):
-        """Hostnames of the workers that :meth:`sweep` at *now* would
-        remove, left in place (only due slots are visited)."""
+        """The fallback's ``State.expired``."""
         cdef double t = _time() if now is None else now
         cdef long long current = <long long>(t * _SLOTS_PER_SECOND)
         cdef dict workers = self.workers
@@ -264,7 +244,7 @@ cdef class State:
         return found
 
     def alive_workers(self):
-        """Iterator over the workers that are alive now."""
+        """The fallback's ``State.alive_workers``."""
         cdef double t = _time()
         cdef Worker worker
         alive = []
@@ -275,7 +255,8 @@ cdef class State:
         return iter(alive)
 
     def alive_count(self, now=None):
-        """Number of alive workers, without visiting live ones."""
+        """The fallback's ``State.alive_count``: the due buckets' dead
+        workers counted, the others not visited."""
         cdef double t = _time() if now is None else now
         cdef long long current = <long long>(t * _SLOTS_PER_SECOND)
         cdef long long slot
@@ -320,30 +301,28 @@ cdef dict _DEFAULTS = dict(DEFAULT_FIELDS)
 
 
 cdef class Worker:
-    """A tracked peer.
+    """A tracked peer, with the attributes of ``celery.events.state.Worker``
+    and every other field the peer sent (the fallback's ``Worker``).
 
-    Has every attribute of ``celery.events.state.Worker`` (``hostname``,
-    ``pid``, ``freq``, ``heartbeats``, ``clock``, ``active``, ``processed``,
-    ``loadavg``, ``sw_*``, ``alive``, ``heartbeat_expires``, ``id``) and any
-    other field the peer sent, as attributes.
+    Its heartbeats are a C array and its deadline a C double; the fields
+    of its last standard event are served from that event (its raw bytes,
+    decoded on first use) until something needs them in ``__dict__``.
     """
 
     heartbeat_max = _HB_MAX
-    expire_window = 200
+    expire_window = _common.EXPIRE_WINDOW
 
     def __init__(self, hostname=None):
+        # the C fields start at 0: no heartbeat (_n), no deadline, not warned
         self._fields = PyObject_GenericGetDict(self, NULL)
         self._fields['hostname'] = hostname
         self._hostname = hostname
-        self._n = 0
         self._freq = 60.0
-        self._expires = 0.0
-        self._slot = -1
-        self._drift_warned = False
+        self._slot = -1  # in no slot of the wheel
 
     @property
     def heartbeats(self):
-        """Receive times of the last (at most 4) heartbeats, ascending."""
+        """A list of the C array's receive times."""
         return [self._hb[i] for i in range(self._n)]
 
     @property
@@ -356,20 +335,9 @@ cdef class Worker:
     def alive(self):
         return self._n > 0 and <double>_time() < self._expires
 
-    @property
-    def status_string(self):
-        return 'ONLINE' if self.alive else 'OFFLINE'
-
-    @property
-    def id(self):
-        return '{0.hostname}.{0.pid}'.format(self)
-
-    def update(self, fields, **kw):
-        """Set fields as attributes (reserved names are ignored)."""
-        self.materialize()
-        for key, value in dict(fields, **kw).items():
-            if key not in RESERVED_FIELDS:
-                self._fields[key] = value
+    status_string = property(_common.worker_status_string)
+    id = property(_common.worker_id)
+    update = _common.worker_update  # materializes first
 
     def __getattr__(self, name):
         # only called for names not in __dict__
