@@ -87,8 +87,8 @@ cdef class Receiver:
     decode = _common.decode
 
     cdef object body_of(self, object message, object raw):
-        """``_common.decoded(self, message, raw)``: JSON bytes that msgspec
-        takes to a dict without a Python call."""
+        """``_common.decoded(self, message, raw)``, with the usual case in
+        C: JSON bytes that msgspec decodes to a dict."""
         if raw is not None:
             try:
                 found = _fast_json(raw)

@@ -1,4 +1,5 @@
-# -- the scanner of standard event bodies --------------------------------------
+# The scanner of standard event bodies (included by _core.pyx; declarations
+# in scanner.pxd).
 #
 # Celery's worker events are small JSON objects of 13 known keys with plain
 # ASCII strings, short numbers and a list of numbers.  For such a body the

@@ -2,9 +2,9 @@
 # (gossip_fast/fastpath) takes from the compiled core when it is the one in
 # use; its readers do the same in Python with the pure-Python core.
 
-# coalesce() is gossip_fast.fastpath.base.coalesce, compiled: one pass over
-# a backlog of up to 100,000 held events, which in Python takes ~50-100 ms
-# of the worker's event loop, and here a few.
+# coalesce() is gossip_fast.fastpath.base.coalesce, compiled: a pass over a
+# backlog of held events runs in the worker's event loop, so its time is the
+# loop's (docs/internals.md has what it took in Python).
 
 cdef str _HEARTBEAT = 'worker.heartbeat'
 
@@ -68,12 +68,11 @@ cpdef tuple held(tuple item):
 
     A reader that falls behind holds tens of thousands of these; each is a
     new tracked object that survives a few collections, so CPython soon
-    runs full collections over the whole heap (the table of every peer
-    included: 140 ms each at 160,000 peers), which was a third of the
-    worker's CPU while it caught up at 80,000 heartbeats/s.  CPython only
-    untracks such a tuple itself once a collection has looked at it.  Safe:
-    a cycle through the tuple would need one of its items to refer back to
-    it, and nothing but the reader's backlog ever refers to it.
+    runs full collections over the whole heap, the table of every peer
+    included (docs/internals.md has what they cost).  CPython only untracks
+    such a tuple itself once a collection has looked at it.  Safe: a cycle
+    through the tuple would need one of its items to refer back to it, and
+    nothing but the reader's backlog ever refers to it.
     """
     PyObject_GC_UnTrack(<void*>item)
     return item
