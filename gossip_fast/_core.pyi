@@ -1,10 +1,14 @@
-"""Type stubs for ``gossip_fast._core``, the compiled hot path.
+"""Type stubs for ``gossip_fast._core``, the compiled hot path, and its
+pure-Python twin ``gossip_fast._core_py``.
 
-The extension module is built by Cython from ``src/_core.pyx``; its
-pure-Python twin ``gossip_fast/_core_py.py`` has the same classes and
-behaviour (read its docstrings for the contract).  Keep this file in step
-with ``src/_core.pyx``: ``tests/test_packaging.py`` checks that the names
-declared here are the ones the module has.
+The extension module is built by Cython from ``src/_core.pyx`` and the files
+it includes (see ``docs/internals.md``); the fallback has the same classes
+and behaviour (read its docstrings for the contract), and both take their
+limits and the logic that needs no C speed from ``gossip_fast/_common.py``.
+Keep this file in step with both: ``tests/test_packaging.py`` checks it
+against the compiled module, ``tests/test_parity.py`` against both (and the
+two against each other).  The functions after :class:`Receiver` are the
+compiled core's only.
 """
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final, TypeVar, final
@@ -107,7 +111,8 @@ class Worker:
     @property
     def id(self) -> str: ...
     def update(self, fields: Mapping[str, Any], **kw: Any) -> None: ...
-    # compiled core only: move the fields of the last event into __dict__
+    # move the fields of the last event into __dict__ (the compiled core
+    # serves them from the event until then; a no-op in the fallback)
     def materialize(self) -> None: ...
     # any other field of the peer's events
     def __getattr__(self, name: str) -> Any: ...

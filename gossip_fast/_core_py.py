@@ -2,8 +2,12 @@
 
 This module and the Cython module ``gossip_fast._core`` implement the same
 classes with the same behaviour; ``tests/test_differential.py`` holds them
-(and stock Celery, where stock is correct) to the same results.  Keep the two
-in step: same names, same order of checks, same rejection reasons.
+(and stock Celery, where stock is correct) to the same results, and
+``tests/test_parity.py`` to the same names and signatures.  What both use
+as is (limits, names, the rare paths, the small methods) is written once in
+``gossip_fast/_common.py``; what is here is what this one does in Python
+and the compiled one in C.  Keep the two in step: same order of checks,
+same rejection reasons.
 
 - :class:`Clock`: the app's Lamport clock, hardened against poisoned values.
 - :class:`Worker`: one tracked peer, with the attributes of
@@ -18,58 +22,15 @@ import threading
 import time
 from decimal import Decimal
 
-from kombu.message import Message
-from kombu.serialization import loads as kombu_loads
+from . import _common
+from ._common import (  # noqa: F401 - the limits both cores export
+    CLOCK_CEILING, DEFAULT_FIELDS, DRIFT_MAX, EXPIRE_FACTOR, MAX_FREQ, MAX_PEER_CLOCK,
+    MAX_TIME, REJECTED, RESERVED_FIELDS, SLOTS_PER_SECOND, valid_peer_clock)
 
-try:  # exact JSON (big ints preserved); absent on PyPy
-    from msgspec.json import Decoder as _JSONDecoder
-except ImportError:  # pragma: no cover - depends on the platform
-    _fast_json = None
-else:
-    _fast_json = _JSONDecoder().decode
+__all__ = _common.CORE_ALL
 
-__all__ = ('Clock', 'Worker', 'State', 'Receiver', 'MAX_PEER_CLOCK', 'REJECTED',
-           'RESERVED_FIELDS', 'SLOTS_PER_SECOND', 'MAX_FREQ')
-
-#: Highest clock value accepted from a peer.  Far beyond any real cluster
-#: (2**62 events), and low enough that our own clock can never leave
-#: [0, 2**63) by adjusting to it and forwarding afterwards.
-MAX_PEER_CLOCK = 2 ** 62
-#: Our clock saturates here instead of overflowing a signed 64-bit integer.
-CLOCK_CEILING = 2 ** 63 - 1
-#: Heartbeat periods above a day are treated as bad input.
-MAX_FREQ = 86400.0
-#: Timestamps must be positive and below this (year 33658).
-MAX_TIME = 1e12
-#: ``heartbeat_expires = last heartbeat + freq * EXPIRE_FACTOR`` (stock:
-#: ``HEARTBEAT_EXPIRE_WINDOW / 100``).
-EXPIRE_FACTOR = 2.0
-#: Drift (seconds) between a peer's timestamp and our receive time above
-#: which we warn once per peer (stock ``HEARTBEAT_DRIFT_MAX``).
-DRIFT_MAX = 16
-#: Resolution of the deadline wheel: a slot is 1/16 s (exact in binary
-#: floating point, so slot boundaries are exact).
-SLOTS_PER_SECOND = 16
-#: Body keys that would shadow or break a worker entry's own attributes.
-RESERVED_FIELDS = frozenset((
-    'heartbeats', 'event', 'alive', 'heartbeat_expires', 'id',
-    'status_string', 'update', 'heartbeat_max', 'expire_window',
-    '_hb', '_freq', '_expires', '_slot', '_drift_warned',
-))
-DEFAULT_FIELDS = (
-    ('pid', None), ('freq', 60), ('clock', 0), ('active', None),
-    ('processed', None), ('loadavg', None), ('sw_ident', None),
-    ('sw_ver', None), ('sw_sys', None),
-)
-JSON = 'application/json'
-#: What ``Receiver.decode`` returns for a message it rejected (a JSON
-#: ``null`` body decodes to None, which is bad input of another kind).
-REJECTED = object()
-
-
-def valid_peer_clock(value):
-    """Return True if *value* may be adjusted to (an int in range)."""
-    return type(value) is int and 0 <= value <= MAX_PEER_CLOCK
+_JSON = _common.JSON
+_fast_json = _common.fast_json
 
 
 def as_seconds(value, upper):
@@ -87,7 +48,7 @@ def as_seconds(value, upper):
     return number if 0.0 < number <= upper else None
 
 
-def has_type_marker(body):
+def _has_type_marker(body):
     """True if raw JSON may hold kombu's ``__type__`` objects: they are
     nested objects, so a body without a second '{' has none."""
     return body.find(b'{', 1) != -1 and b'__type__' in body
@@ -105,19 +66,9 @@ class Clock:
     def __init__(self, initial_value=0, Lock=threading.Lock):
         self.mutex = Lock()
         self.rejected = 0
-        self._value = 0
         self.value = initial_value
 
-    @property
-    def value(self):
-        return self._value
-
-    @value.setter
-    def value(self, value):
-        if type(value) is not int or not 0 <= value <= CLOCK_CEILING:
-            raise ValueError(
-                f'Lamport clock value must be an int in [0, 2**63): {value!r}')
-        self._value = value
+    value = _common.clock_value
 
     def adjust(self, other):
         # the check inline: this runs once per received event
@@ -142,22 +93,7 @@ class Clock:
                 value = self._value = value + 1
             return value
 
-    def sort_heap(self, h):
-        """Return the first (lowest clock, then lowest id) event of *h*.
-
-        Same result as kombu's for lists of two or more, and also correct for
-        a list of one (kombu raises IndexError there).
-        """
-        if len(h) == 1:
-            return h[0]
-        if h[0][0] == h[1][0]:
-            same = []
-            for prev, nxt in zip(h, h[1:]):
-                if prev[0] != nxt[0]:
-                    break
-                same.append(prev)
-            return sorted(same, key=lambda event: event[1])[0]
-        return h[0]
+    sort_heap = _common.sort_heap
 
     def __str__(self):
         return str(self._value)
@@ -177,8 +113,8 @@ class Worker:
 
     __slots__ = ('_hb', '_freq', '_expires', '_slot', '_drift_warned',
                  '__dict__', '__weakref__')
-    heartbeat_max = 4
-    expire_window = 200
+    heartbeat_max = _common.HEARTBEAT_MAX
+    expire_window = _common.EXPIRE_WINDOW
 
     def __init__(self, hostname=None):
         self.__dict__.update(DEFAULT_FIELDS)
@@ -202,19 +138,14 @@ class Worker:
     def alive(self):
         return bool(self._hb) and time.time() < self._expires
 
-    @property
-    def status_string(self):
-        return 'ONLINE' if self.alive else 'OFFLINE'
+    status_string = property(_common.worker_status_string)
+    id = property(_common.worker_id)
+    update = _common.worker_update
 
-    @property
-    def id(self):
-        return '{0.hostname}.{0.pid}'.format(self)
-
-    def update(self, fields, **kw):
-        """Set fields as attributes (reserved names are ignored)."""
-        for key, value in dict(fields, **kw).items():
-            if key not in RESERVED_FIELDS:
-                self.__dict__[key] = value
+    def materialize(self):
+        """Nothing to do: this implementation keeps every field in
+        ``__dict__`` (the compiled one serves a standard event's fields
+        from the event until they are needed there)."""
 
     def __repr__(self):
         return '<Worker: {0.hostname} ({0.status_string} clock:{0.clock})'.format(self)
@@ -245,14 +176,7 @@ class State:
         self._wheel = {}       # slot -> {hostname: Worker}
         self._slots = []       # heap of slot numbers present in the wheel
 
-    # -- input validation --------------------------------------------------
-
-    def _reject(self, reason, hostname, detail):
-        """Drop the event: count it here and tell the bootstep."""
-        self.dropped += 1
-        if self.on_reject is not None:
-            self.on_reject(reason, hostname, detail)
-        return None
+    _reject = _common.reject_event
 
     # -- the event ---------------------------------------------------------
 
@@ -286,9 +210,7 @@ class State:
                 return self._reject('bad_freq', hostname, event['freq'])
         for key in RESERVED_FIELDS:
             if key in event:
-                if self.on_reject is not None:  # cleaned, still applied
-                    self.on_reject('reserved_field', hostname, key)
-                event = {k: v for k, v in event.items() if k not in RESERVED_FIELDS}
+                event = _common.clean_reserved(self, event, hostname, key)
                 break
         workers = self.workers
         worker = workers.get(hostname)
@@ -302,10 +224,13 @@ class State:
             worker._freq = freq
         self._heartbeat(worker, timestamp, received)
         if created or subject == 'online':
-            self.joins += 1
-            if self.on_node_join is not None:
-                self.on_node_join(worker)
+            self._joined(worker)
         return (worker, created), subject
+
+    def _joined(self, worker):
+        self.joins += 1
+        if self.on_node_join is not None:
+            self.on_node_join(worker)
 
     def _offline(self, worker, hostname, event):
         if worker is None:  # unknown host: tell, but do not store
@@ -315,9 +240,7 @@ class State:
             del self.workers[hostname]
         worker.__dict__.update(event)
         worker._hb.clear()
-        self.leaves += 1
-        if self.on_node_leave is not None:
-            self.on_node_leave(worker)
+        _common.left(self, worker)
         return (worker, False), 'offline'
 
     def _heartbeat(self, worker, timestamp, received):
@@ -472,11 +395,10 @@ class Receiver:
         # bound once, so that identity tells the fast path from a swap-in
         self.state_event = state.event if state is not None else None
         self.fast_prepare = self.prepare
-        self.received = 0
-        self.applied = 0
-        self.own = 0
-        self.skipped_tasks = 0
-        self.decode_fallbacks = 0
+        for name in _common.RECEIVER_COUNTERS:
+            setattr(self, name, 0)
+
+    stats = _common.receiver_stats
 
     def refresh(self):
         """Nothing to do: this implementation looks the bootstep's
@@ -484,84 +406,31 @@ class Receiver:
 
     # -- decoding ----------------------------------------------------------
 
-    def raw_json(self, body, content_type, content_encoding, headers):
+    def _raw_json(self, body, content_type, content_encoding, headers):
         """*body* if we may decode it ourselves (JSON bytes in ``accept``,
         UTF-8, not compressed, no kombu ``__type__`` objects), else None."""
         accept = self.accept
         if (_fast_json is not None and type(body) is bytes
-                and content_type == JSON and (accept is None or JSON in accept)
+                and content_type == _JSON and (accept is None or _JSON in accept)
                 and content_encoding in ('utf-8', 'utf8', None)
                 and type(headers) is dict and not headers.get('compression')
-                and not has_type_marker(body)):
+                and not _has_type_marker(body)):
             return body
         return None
 
-    def decode(self, message, raw=None):
-        """The payload of *message* (or of its *raw* JSON bytes), or
-        :data:`REJECTED` (and a rejection) if it is bad.
+    def _message_raw(self, message):
+        """:meth:`_raw_json` of a kombu message."""
+        return self._raw_json(message.body, message.content_type,
+                              message.content_encoding, message.headers)
 
-        Real kombu messages with a JSON body are decoded here from their raw
-        bytes; everything else goes through kombu's ``loads`` with our
-        ``accept`` set, so nothing outside it (pickle) is ever decoded.
-        """
-        if raw is None:
-            if not isinstance(message, Message):
-                try:  # a message-like object of the user's or a test's
-                    return message.payload
-                except Exception as exc:
-                    return self._rejected('decode_error', None, exc)
-            if message.errors:
-                return self._rejected('decode_error', None, 'undecompressable body')
-            raw = self.raw_json(message.body, message.content_type,
-                                message.content_encoding, message.headers)
-            if raw is None:
-                try:
-                    return kombu_loads(message.body, message.content_type,
-                                       message.content_encoding, accept=self.accept)
-                except Exception as exc:
-                    return self._rejected('decode_error', None, exc)
-        try:
-            return _fast_json(raw)
-        except Exception:
-            self.decode_fallbacks += 1  # NaN, Infinity, bad UTF-8: kombu decides
-        try:
-            return kombu_loads(raw, JSON, 'utf-8', accept=self.accept)
-        except Exception as exc:
-            return self._rejected('decode_error', None, exc)
+    decode = _common.decode
 
     def _reject(self, reason, hostname, detail):
         self.gossip._reject(reason, hostname, detail)
-        return None
-
-    def _rejected(self, reason, hostname, detail):
-        self.gossip._reject(reason, hostname, detail)
-        return REJECTED
 
     # -- the event's preparation (event_from_message, localize=False) -------
 
-    def prepare(self, body):
-        """Apply the Lamport clock rules to *body* and stamp it.
-
-        Same contract as ``EventReceiver.event_from_message(body,
-        localize=False)``: returns ``(type, body)``.  A clock that is not an
-        int in range is not taken; the clock is forwarded as if the event had
-        none.
-        """
-        clock = self.gossip.clock
-        type_ = body['type']
-        if type_ == 'task-sent':
-            body['clock'] = (clock.value or 1) - 1
-            clock.adjust(body['clock'])
-        else:
-            if 'clock' not in body:
-                body['clock'] = clock.forward()
-            elif valid_peer_clock(body['clock']):
-                clock.adjust(body['clock'])
-            else:
-                self._reject('bad_clock', body.get('hostname'), body['clock'])
-                body['clock'] = clock.forward()
-        body['local_received'] = time.time()
-        return type_, body
+    prepare = _common.prepare
 
     # -- on_message --------------------------------------------------------
 
@@ -573,20 +442,18 @@ class Receiver:
             return self._reject('bad_message', None, 'no routing key')
         return self._handle(prepare, routing_key, message, None, None)
 
-    def on_raw(self, routing_key, headers, body, content_type=JSON,
+    def on_raw(self, routing_key, headers, body, content_type=_JSON,
                content_encoding='utf-8', exchange='celeryev'):
         """One event read by a transport reader of ``gossip_fast.fastpath``:
         the same as :meth:`on_message` for the kombu message of these parts
         (which is built, and decoded by kombu, when we cannot decode it)."""
         headers = headers if headers is not None else {}
-        raw = self.raw_json(body, content_type, content_encoding, headers)
-        if raw is None:
-            return self.on_message(self.fast_prepare, Message(
-                body=body, content_type=content_type,
-                content_encoding=content_encoding, headers=headers,
-                delivery_info={'exchange': exchange, 'routing_key': routing_key}))
-        self.received += 1
-        return self._handle(self.fast_prepare, routing_key, None, raw, headers)
+        raw = self._raw_json(body, content_type, content_encoding, headers)
+        if raw is not None:
+            self.received += 1
+            return self._handle(self.fast_prepare, routing_key, None, raw, headers)
+        return _common.on_parts(self, routing_key, headers, body, content_type,
+                                content_encoding, exchange)
 
     def _handle(self, prepare, routing_key, message, raw, headers):
         gossip = self.gossip
@@ -597,18 +464,11 @@ class Receiver:
             self.skipped_tasks += 1
             return None
         handler = gossip.event_handlers.get(routing_key)
-        if handler is not None:
-            payload = self.decode(message, raw)
-            if payload is REJECTED:
-                return None
-            if type(payload) is not dict:
-                return self._reject('bad_body', None, type(payload).__name__)
-            return gossip._call_event_handler(handler, payload)
-        body = self.decode(message, raw)
-        if body is REJECTED:
+        body = _common.decoded(self, message, raw)
+        if body is None:
             return None
-        if type(body) is not dict:
-            return self._reject('bad_body', None, type(body).__name__)
+        if handler is not None:
+            return gossip._call_event_handler(handler, body)
         if message is not None:
             headers = message.headers
         header_host = headers.get('hostname') if type(headers) is dict else None
@@ -625,10 +485,7 @@ class Receiver:
         if type(body.get('type')) is not str:
             return self._reject('bad_type', hostname, body.get('type'))
         try:
-            if prepare is self.fast_prepare:
-                event = self.prepare(body)[1]
-            else:
-                event = prepare(body)[1]
+            event = prepare(body)[1]
             update_state = gossip.update_state
             if update_state is self.state_event:
                 state = self.state
@@ -642,12 +499,3 @@ class Receiver:
             return self._reject('error', hostname, exc)
         self.applied += 1
         return None
-
-    def stats(self):
-        return {
-            'received': self.received,
-            'applied': self.applied,
-            'own': self.own,
-            'skipped_tasks': self.skipped_tasks,
-            'decode_fallbacks': self.decode_fallbacks,
-        }

@@ -15,7 +15,7 @@ from gossip_fast import bootstep, elections
 from gossip_fast.simulate import SimulatedConsumer
 
 from . import wire
-from .conftest import make_gossip
+from .conftest import make_app, make_gossip
 
 # -- Keep 1-3: construction ---------------------------------------------------
 
@@ -177,6 +177,30 @@ def test_prepare_matches_event_from_message(gossip, app):
     type_, event = gossip._receiver.fast_prepare({"type": "worker-x", "clock": 9})
     assert type_ == "worker-x" and event["clock"] == 9 and gossip.clock.value == 10
     assert abs(event["local_received"] - time.time()) < 5
+
+
+@pytest.mark.parametrize("kind", ["dict", "UserDict", "OrderedDict"])
+def test_prepare_stamps_the_mapping_in_place_as_stock(gossip, app, kind):
+    """event_from_message edits the body it is given and returns that very
+    object, whatever mutable mapping it is; so do both cores (the compiled
+    one used to stamp a copy of anything but a dict)."""
+    from collections import OrderedDict, UserDict
+
+    make = {"dict": dict, "UserDict": UserDict, "OrderedDict": OrderedDict}[kind]
+    stock = make_app().events.Receiver(None)  # a clock of its own
+    assert stock.clock is not gossip.clock
+    stock.clock.value = 5
+    gossip.clock.value = 5
+    for body, prepare in ((make({"type": "worker-x", "clock": 9}), gossip._receiver.fast_prepare),
+                          (make({"type": "worker-x", "clock": 9}),
+                           lambda body: stock.event_from_message(body, localize=False))):
+        type_, event = prepare(body)
+        assert type_ == "worker-x" and event is body
+        assert body["clock"] == 9 and "local_received" in body
+    assert gossip.clock.value == stock.clock.value == 10
+    no_clock = make({"type": "worker-x"})
+    assert gossip._receiver.fast_prepare(no_clock)[1] is no_clock
+    assert no_clock["clock"] == 11
 
 
 # -- Keep 7-8: worker events, heartbeats, alive --------------------------------------

@@ -338,6 +338,9 @@ def dists(tmp_path_factory):
         'package': {p.relative_to(ROOT).as_posix() for p in (ROOT / 'gossip_fast').rglob('*.py')
                     if '__pycache__' not in p.parts},
         'tests': _source_files('tests'),
+        # the Cython sources: the shell, the files it includes, the .pxd
+        # declarations (src/gossip_fast/_core.pxd included)
+        'src': _source_files('src'),
         'docs': _source_files('docs') if (ROOT / 'docs').is_dir() else set(),
     }
     try:
@@ -419,7 +422,8 @@ def _check_sdist(d):
         'gossip_fast/py.typed', 'gossip_fast/_core.pyi',
     }
     required |= d.package
-    required |= d.tests | d.docs
+    required |= d.src | d.tests | d.docs
+    assert {'src/_core.pyx', 'src/gossip_fast/_core.pxd'} <= d.src, sorted(d.src)
     assert not required - names, f'missing from the sdist: {sorted(required - names)}'
 
     allowed_tops = {

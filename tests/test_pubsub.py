@@ -1,5 +1,5 @@
 """The compiled splitter of Redis pub/sub streams (``PubSubScanner`` of
-``src/_fastpath.pxi``) against the pure-Python way the Redis reader does the
+``src/pubsub.pyx``) against the pure-Python way the Redis reader does the
 same (hiredis, then ``envelope_parts``: msgspec): the same events and the
 same other replies, from the same bytes however they are split.
 
@@ -287,7 +287,7 @@ def test_dedup_sends_everything_to_the_fallback(Scanner):
 
 
 def test_compiled_coalesce_matches_the_python_one():
-    """The shedding pass of the compiled core (src/_fastpath.pxi) and
+    """The shedding pass of the compiled core (src/shedding.pyx) and
     gossip_fast.fastpath.base.coalesce give the same backlog and count."""
     from gossip_fast.fastpath.base import coalesce, heartbeat_sender
     compiled = load_core("cython").coalesce

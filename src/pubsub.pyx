@@ -1,12 +1,6 @@
-# Included by _core.pyx: what the fast receive path (gossip_fast/fastpath)
-# takes from the compiled core when it is the one in use (its readers do the
-# same in Python with the pure-Python core): the shedding pass over a
-# backlog, and the splitter of Redis pub/sub streams.
-#
-# coalesce() is gossip_fast.fastpath.base.coalesce, compiled: one pass over
-# a backlog of up to 100,000 held events, which in Python takes ~50-100 ms
-# of the worker's event loop, and here a few.
-#
+# The Redis pub/sub splitter (included by _core.pyx; declarations in
+# pubsub.pxd).
+
 # The splitter (PubSubScanner) is used by the Redis reader
 # (gossip_fast/fastpath/redis.py) instead of hiredis + msgspec.
 # A Redis pub/sub connection (RESP2) carries one reply per event:
@@ -29,12 +23,6 @@
 # Every other pmessage goes to the reader's ``fallback(data)`` (msgspec,
 # then kombu), every other reply is returned as hiredis would return it.
 # tests/test_pubsub.py holds the two ways to the same results.
-
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdlib cimport free, realloc
-
-cdef extern from "Python.h":
-    void PyObject_GC_UnTrack(void* op)
 
 try:
     from hiredis import ProtocolError as _ProtocolError, ReplyError as _ReplyError
@@ -150,80 +138,6 @@ cdef object _b64decode(const char* p, Py_ssize_t n):
     return result
 
 
-cdef str _HEARTBEAT = 'worker.heartbeat'
-
-
-def coalesce(list items, heartbeat_sender, Py_ssize_t max_pending):
-    """``gossip_fast.fastpath.base.coalesce`` for held events that are
-    ``on_raw`` argument tuples (or anything else, never shed): the same
-    result, without a Python call per item.  *heartbeat_sender* is
-    ignored: the rule is base.heartbeat_sender's, inlined."""
-    cdef Py_ssize_t n = len(items), i, excess, shed = 0
-    cdef list kept = []
-    cdef set seen = set()
-    cdef object item, sender
-    cdef bytearray beat = bytearray(n)  # 1: a heartbeat kept in `kept`
-    cdef Py_ssize_t k
-    for i in range(n - 1, -1, -1):
-        item = items[i]
-        sender = _heartbeat_sender_c(item)
-        if sender is not None:
-            if sender:
-                if sender in seen:
-                    shed += 1
-                    continue
-                seen.add(sender)
-            beat[len(kept)] = 1
-        kept.append(item)
-    kept.reverse()
-    excess = len(kept) - max_pending
-    if excess > 0:
-        trimmed = []
-        n = len(kept)
-        for k in range(n):
-            if excess > 0 and beat[n - 1 - k]:
-                excess -= 1
-                shed += 1
-                continue
-            trimmed.append(kept[k])
-        kept = trimmed
-    return kept, shed
-
-
-cdef inline object _heartbeat_sender_c(object item):
-    """base.heartbeat_sender, inlined: the sender of a held heartbeat
-    ('' if unknown), None for anything else."""
-    if type(item) is not tuple or len(<tuple>item) < 2:
-        return None
-    key = (<tuple>item)[0]
-    if not (key is _HEARTBEAT or (type(key) is str and key == _HEARTBEAT)):
-        return None
-    headers = (<tuple>item)[1]
-    if type(headers) is dict:
-        found = (<dict>headers).get('hostname')
-        if type(found) is str and found:
-            return found
-    return ''
-
-
-cpdef tuple held(tuple item):
-    """*item* (a held event's ``on_raw`` arguments), taken out of the
-    cyclic garbage collector's watch, and returned.
-
-    A reader that falls behind holds tens of thousands of these; each is a
-    new tracked object that survives a few collections, so CPython soon
-    runs full collections over the whole heap (the table of every peer
-    included: 140 ms each at 160,000 peers), which was a third of the
-    worker's CPU while it caught up at 80,000 heartbeats/s.  CPython only
-    untracks such a tuple itself once a collection has looked at it.  Safe:
-    a cycle through the tuple would need one of its items to refer back to
-    it, and nothing but the reader's backlog ever refers to it.
-    """
-    PyObject_GC_UnTrack(<void*>item)
-    return item
-
-
-@cython.final
 cdef class PubSubScanner:
     """Splits the RESP2 byte stream of a Redis pub/sub connection.
 
@@ -239,16 +153,6 @@ cdef class PubSubScanner:
     ``dedup`` set (Sentinel's fanout compatibility) every pmessage goes to
     the fallback, which de-duplicates by delivery tag.
     """
-    cdef char* _buf
-    cdef Py_ssize_t _start, _end, _size
-    cdef public object fallback
-    cdef public bint dedup
-    cdef dict _strings   # raw bytes -> str, for the few distinct strings
-    cdef list _recent    # per envelope string field: [raw bytes, str] seen last
-    cdef dict _headers   # raw hostname -> its shared headers dict
-    cdef object _last    # the reply _reply() / _scalar() parsed last
-    #: Entries of each cache at most (cleared when full).
-    cdef public Py_ssize_t cache_size
 
     def __cinit__(self):
         self._buf = NULL
@@ -562,5 +466,3 @@ cdef class PubSubScanner:
             items.append(self._last)
         self._last = items
         return j
-
-
