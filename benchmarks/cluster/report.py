@@ -501,7 +501,7 @@ def _plot_ratio(ax, entry, kinds, first):
         if any(w['size'] == size for w in windows(entry)):
             ax.plot([size], [target], marker='_', ms=22, mew=2.5, color='black', zorder=5)
             ax.annotate(f'target {target:.0f}x', (size, target), textcoords='offset points',
-                        xytext=(14, -3), fontsize=7.5)
+                        xytext=(16, -10), fontsize=7.5)
     ax.set_yscale('log')
 
 
