@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 
 from benchmarks.cluster.cpu import METHODS as METHOD_TEXT
 
@@ -473,15 +474,19 @@ def _plot_cpu(ax, entry, kinds, first):
                             xytext=(0, 7 if kind == 'stock' else -13), ha='center',
                             fontsize=7.5, color=COLORS[kind])
     ax.set_yscale('log')
-    ax.axhline(100, color='grey', ls=':', lw=1)
+    if max(r['cpu_pct'] for w in windows(entry) for r in w['workers'].values()) > 20:
+        ax.axhline(100, color='grey', ls=':', lw=1)  # one core
 
 
 def _plot_ratio(ax, entry, kinds, first):
-    """stock ÷ each other worker (log), with issue 10's targets."""
+    """stock ÷ each other worker (log), with issue 10's targets; returns
+    the ratios drawn."""
+    drawn = [1.0]
     for kind in [k for k in kinds if k != 'stock']:
         pts = [(w['size'], _ratio(w['workers']['stock']['cpu_pct'], w['workers'][kind]['cpu_pct']))
                for w in windows(entry) if 'stock' in w['workers'] and kind in w['workers']]
         pts = [(s, r) for s, r in pts if r]
+        drawn += [r for _, r in pts]
         style = dict(color=COLORS[kind], lw=2, ls='--' if kind == 'classic' else '-',
                      marker='o', zorder=3)
         busy = [(s, r) for s, r in pts if s]
@@ -492,7 +497,7 @@ def _plot_ratio(ax, entry, kinds, first):
                 ax.plot([_x(0, first)], [r], **dict(style, ls='none'))
             if kind == 'fast':
                 ax.annotate(_fmt_ratio(r), (_x(size, first), r), textcoords='offset points',
-                            xytext=(0, 7), ha='center', fontsize=8, fontweight='bold',
+                            xytext=(0, -14), ha='center', fontsize=8, fontweight='bold',
                             color='#333')
     ax.axhline(1, color='#c0392b', ls=':', lw=1.2)
     ax.text(_x(0, first) / 1.4, 1.04, 'gossip_fast = stock', color='#c0392b', fontsize=7.5,
@@ -501,8 +506,9 @@ def _plot_ratio(ax, entry, kinds, first):
         if any(w['size'] == size for w in windows(entry)):
             ax.plot([size], [target], marker='_', ms=22, mew=2.5, color='black', zorder=5)
             ax.annotate(f'target {target:.0f}x', (size, target), textcoords='offset points',
-                        xytext=(16, -10), fontsize=7.5)
+                        xytext=(0, 6), ha='center', fontsize=7.5)
     ax.set_yscale('log')
+    return drawn
 
 
 def plot(results, path):
@@ -514,16 +520,17 @@ def plot(results, path):
     brokers = [(k, e) for k, e in results.get('brokers', {}).items() if windows(e)]
     if not brokers:
         return None
-    fig, axes = plt.subplots(2, len(brokers), figsize=(6.4 * len(brokers), 8.6),
+    fig, axes = plt.subplots(2, len(brokers), figsize=(max(8.0, 6.4 * len(brokers)), 8.6),
                              squeeze=False, sharey='row', height_ratios=(3, 2))
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}')
+    ratios = list(TARGETS.values())
     for col, (bkind, entry) in enumerate(brokers):
         ax, ax_ratio = axes[0][col], axes[1][col]
         sizes = [w['size'] for w in windows(entry)]
         kinds = list(windows(entry)[0]['workers'])
         first = min([s for s in sizes if s] or [10])
         _plot_cpu(ax, entry, kinds, first)
-        _plot_ratio(ax_ratio, entry, kinds, first)
+        ratios += _plot_ratio(ax_ratio, entry, kinds, first)
         ax.set_title(entry['label'], fontsize=10)
         xs = [_x(s, first) for s in sizes]
         for a in (ax, ax_ratio):
@@ -538,17 +545,23 @@ def plot(results, path):
                 a.axvline((_x(0, first) * first) ** 0.5, color='grey', lw=0.8, ls='-', alpha=0.5)
         ax_ratio.set_xlabel('simulated cluster size (heartbeats/s)')
         ax.legend(loc='upper left', fontsize=9)
-        ax_ratio.legend(loc='lower right', fontsize=8)
+        ax_ratio.legend(loc='upper left', fontsize=8)
+    # each row shares its y axis: limits from every broker, with room for the labels
+    cpu = [r['cpu_pct'] for _, e in brokers for w in windows(e) for r in w['workers'].values()
+           if r['cpu_pct'] > 0]
+    axes[0][0].set_ylim(min(cpu) / 1.8, max(cpu + ([100] if max(cpu) > 20 else [])) * 1.8)
+    axes[1][0].set_ylim(min(ratios) / 1.6, 2.5 * max(ratios))
     axes[0][0].set_ylabel('worker main-process CPU, % of one core\n(idle included; log)')
     axes[1][0].set_ylabel('stock CPU ÷ gossip_fast CPU (log)')
     m = results['machine']
-    fig.suptitle('Gossip cost in one Celery worker, stock vs gossip_fast, same stream '
+    fig.suptitle('Gossip cost in one Celery worker: stock vs gossip_fast on the same stream\n'
                  f'({m["cpu_model"]}, {m["cores"]} cores, {m["date"][:10]})', fontsize=10)
-    fig.text(0.01, 0.005, 'Circled: the worker fell behind (applied < 95% of what was '
-             'published, or shed, or saturated); its CPU % is then what it managed to use. '
-             'Bars: issue 10\'s targets. See the Markdown table for each window\'s spread '
-             'and the machine\'s load.', fontsize=7.5, color='#555', va='bottom')
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    note = ('Circled: the worker fell behind (applied < 95% of what was published, or shed, or '
+            'saturated); its CPU % is then what it managed to use. Bars: issue 10\'s targets. '
+            'See the Markdown tables for each window\'s spread and the machine\'s load.')
+    fig.text(0.01, 0.005, textwrap.fill(note, 75 * len(brokers) + 40), fontsize=7.5,
+             color='#555', va='bottom')
+    fig.tight_layout(rect=(0, 0.035, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
