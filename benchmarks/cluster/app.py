@@ -13,6 +13,9 @@ environment:
 ``BENCH_STATS_FILE``
     where the :class:`BenchStep` below writes its counters, once a second,
     as one JSON object (written to a temporary file, then renamed).
+``BENCH_LOOP_TICK``
+    ``1`` (default): the 1 s liveness timer below runs from the start;
+    ``0``: not until the controller asks for it.
 
 :class:`BenchStep` is a user bootstep as in Celery's "Extensions and
 Bootsteps" guide: it requires the Gossip step by name and counts what
@@ -21,14 +24,28 @@ does not touch the per-message path: the number of events applied is read
 from the state (stock ``State.event_count``) or from gossip_fast's own
 counters (the receiver's and the reader's, as in ``inspect gossip_stats``).
 
-The counters are written by a small thread, once a second (about 0.01% of
-a core), not by the worker's timer: a stock worker that falls behind on
-Redis stays inside kombu's pub/sub drain loop and does not run its timers
-for many seconds, and the benchmark must still see how much it applied.
+The counters are written by a small thread, once a second, not by the
+worker's timer: a stock worker that falls behind on Redis stays inside
+kombu's pub/sub drain loop and does not run its timers for many seconds,
+and the benchmark must still see how much it applied.  The file lists the
+native ids of the benchmark's own threads (``bench_tids``), so that the
+controller can leave their CPU out of the worker's.
+
 The event loop's own liveness is reported too: a 1 s timer on the worker's
 hub stamps ``loop_tick``; ``loop_age`` in the file is how long ago it ran
-(for a healthy worker, about a second at most).  The full snapshot (with
-``Gossip.stats()``) is also served by the remote control command
+(for a healthy worker, about a second at most).  That timer is one more
+turn of the event loop a second, which a real worker does not make: the
+controller switches it off for small clusters, where the worker's own cost
+is a few turns a second and nobody falls behind.
+
+The controller steers the step through a control file
+(``<BENCH_STATS_FILE>.control``, JSON, read by the same thread once a
+second): ``loop_tick`` (bool) switches the liveness timer (on the event
+loop, through ``hub.call_soon``); a new ``latency`` request
+(``{"id", "seconds", "hosts", "period"}``) starts a
+:class:`~benchmarks.cluster.latency.LatencySampler`, which writes its
+samples to ``<BENCH_STATS_FILE>.latency-<id>.json``.  The full snapshot
+(with ``Gossip.stats()``) is also served by the remote control command
 ``bench_stats``.
 """
 import json
@@ -39,9 +56,13 @@ import time
 from celery import Celery, bootsteps
 from celery.worker.control import inspect_command
 
+from benchmarks.cluster.latency import LatencySampler
+
 BROKER_URL = os.environ.get('BENCH_BROKER_URL', 'redis://127.0.0.1:6379/0')
 GOSSIP = os.environ.get('BENCH_GOSSIP', 'stock')
 STATS_FILE = os.environ.get('BENCH_STATS_FILE')
+CONTROL_FILE = f'{STATS_FILE}.control' if STATS_FILE else None
+LOOP_TICK = os.environ.get('BENCH_LOOP_TICK', '1') != '0'
 STATS_INTERVAL = 1.0
 
 app = Celery('cluster_bench', broker=BROKER_URL)
@@ -81,8 +102,13 @@ class BenchStep(bootsteps.StartStopStep):
         self.joins = self.leaves = self.lost = 0
         self.started = time.time()
         self.loop_tick = None
+        self.ticking = LOOP_TICK      # whether the liveness timer should run
         self._tref = None
         self._thread = None
+        self._writer_tid = None
+        self._sampler = None
+        self._control_mtime = None
+        self._latency_id = None
         self._stop = threading.Event()
         c.bench = self
 
@@ -92,9 +118,7 @@ class BenchStep(bootsteps.StartStopStep):
         gossip.on.node_join.add(self._on_join)
         gossip.on.node_leave.add(self._on_leave)
         gossip.on.node_lost.add(self._on_lost)
-        if self._tref is None:
-            self._tref = c.timer.call_repeatedly(STATS_INTERVAL, self._tick)
-        self._tick()
+        self._set_ticking(self.ticking)
         if STATS_FILE and self._thread is None:
             self._thread = threading.Thread(target=self._writer, name='bench-stats',
                                             daemon=True)
@@ -110,6 +134,17 @@ class BenchStep(bootsteps.StartStopStep):
 
     def _tick(self):
         self.loop_tick = time.time()
+
+    def _set_ticking(self, on):
+        """Start or stop the liveness timer (on the event loop's thread)."""
+        self.ticking = on
+        if on and self._tref is None:
+            self._tref = self.c.timer.call_repeatedly(STATS_INTERVAL, self._tick)
+            self._tick()
+        elif not on and self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+            self.loop_tick = None  # no liveness known: not a stall
 
     def _on_join(self, worker):
         self.joins += 1
@@ -139,6 +174,8 @@ class BenchStep(bootsteps.StartStopStep):
             'loop_age': now - self.loop_tick if self.loop_tick else None,
             'queue': _queue_name(gossip),
             'tracked_workers': len(state.workers) if state is not None else 0,
+            'bench_tids': self.bench_tids(),
+            'loop_ticking': self.ticking,
         }
         receiver = getattr(gossip, '_receiver', None)
         if receiver is not None and hasattr(receiver, 'stats'):  # gossip_fast
@@ -165,9 +202,50 @@ class BenchStep(bootsteps.StartStopStep):
             snap['gossip_stats'] = gossip.stats()
         return snap
 
+    def bench_tids(self):
+        """Native ids of the benchmark's own threads (not the worker's cost)."""
+        tids = [self._writer_tid]
+        sampler = self._sampler
+        if sampler is not None and sampler.is_alive():
+            tids.append(sampler.tid)
+        return [t for t in tids if t is not None]
+
     def _writer(self):
+        self._writer_tid = threading.get_native_id()
         while not self._stop.wait(STATS_INTERVAL):
+            self._read_control()
             self.write()
+
+    def _read_control(self):
+        """Act on a changed control file (see the module's docstring)."""
+        try:
+            mtime = os.stat(CONTROL_FILE).st_mtime_ns
+            if mtime == self._control_mtime:
+                return
+            with open(CONTROL_FILE) as f:
+                control = json.load(f)
+            self._control_mtime = mtime
+        except (OSError, ValueError):
+            return  # none yet, or being replaced: next second
+        tick = control.get('loop_tick')
+        if tick is not None and bool(tick) != self.ticking and self.c.hub is not None:
+            self.ticking = bool(tick)  # the liveness check follows at once
+            self.c.hub.call_soon(self._set_ticking, bool(tick))
+        latency = control.get('latency')
+        if latency and latency.get('id') != self._latency_id:
+            self._latency_id = latency['id']
+            self._sampler = LatencySampler(
+                self._worker_table, latency, f'{STATS_FILE}.latency-{latency["id"]}.json')
+            self._sampler.start()
+
+    def _worker_table(self):
+        """The gossip state's ``{hostname: Worker}``, read without side effects
+        (stock's table is an LRU cache: a lookup through it would reorder it)."""
+        state = getattr(self.c.gossip, 'state', None)
+        if state is None:
+            return None
+        workers = state.workers
+        return getattr(workers, 'data', workers)
 
     def write(self):
         try:

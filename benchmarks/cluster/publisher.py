@@ -62,6 +62,11 @@ MAX_BATCH = 500      # messages sent in one round at most (then re-check stdin)
 ROUTING_KEY = 'worker.heartbeat'
 
 
+def sim_hostname(prefix, i):
+    """The hostname of simulated worker *i* (the controller tracks some)."""
+    return f'{prefix}{i}@node{i % 64}'
+
+
 class Publisher:
     """Paced heartbeats through kombu's ``Producer`` (the reference path)."""
 
@@ -93,7 +98,7 @@ class Publisher:
         self.clock = 0
 
     def host(self, i):
-        return f'{self.prefix}{i}@node{i % 64}', 10_000 + i
+        return sim_hostname(self.prefix, i), 10_000 + i
 
     def set_rate(self, rate, size, offset=0, stride=1):
         self.rate = float(rate)

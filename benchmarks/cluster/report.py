@@ -8,8 +8,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
+
+from benchmarks.cluster.cpu import METHODS as METHOD_TEXT
 
 NAME = 'cluster-benchmark'
+#: Issue 10's targets: stock's CPU ÷ gossip_fast's at these cluster sizes
+#: (and gossip_fast <= stock at every size, idle included).
+TARGETS = {100: 10.0, 2000: 25.0}
 KIND_LABELS = {'stock': 'stock Celery', 'fast': 'gossip_fast',
                'classic': 'gossip_fast, classic (kombu) receive'}
 COLORS = {'stock': '#c0392b', 'fast': '#1f6fb4', 'classic': '#7fa7d3'}
@@ -50,12 +56,77 @@ def _status(r):
     return '**behind**: ' + '; '.join(x for x in (reason, lost) if x)
 
 
-def markdown(results):
+def windows(entry):
+    """The size windows of a broker, idle (size 0) first.  Runs before the
+    idle window was a size of its own kept it apart (``idle``)."""
+    sizes = list(entry.get('sizes', []))
+    if entry.get('idle') and not any(w.get('size') == 0 for w in sizes):
+        sizes.insert(0, dict(entry['idle'], size=0))
+    return sizes
+
+
+def idle_window(entry):
+    return next((w for w in windows(entry) if w['size'] == 0), None)
+
+
+def _size_label(size):
+    return 'idle' if size == 0 else f'{size:,} ({size / 2:,.0f}/s)'
+
+
+def _ratio(stock, other):
+    """stock ÷ other, from two CPU figures (None when either is missing)."""
+    return stock / other if stock and other else None
+
+
+def _fmt_ratio(value):
+    if value is None:
+        return '-'
+    return f'{value:.0f}x' if value >= 10 else f'{value:.1f}x'
+
+
+def _fmt_pct(value):
+    if value is None:
+        return '-'
+    return f'{value:.1f}' if value >= 10 else (f'{value:.2f}' if value >= 0.1 else f'{value:.3f}')
+
+
+def _run_ratios(stock, fast):
+    """stock ÷ gossip_fast in each window (both measured in the same one)."""
+    return [_ratio(s['cpu_pct'], f['cpu_pct'])
+            for s, f in zip(stock.get('runs') or [], fast.get('runs') or [])
+            if _ratio(s['cpu_pct'], f['cpu_pct'])]
+
+
+def targets(size, stock, fast):
+    """Each target of issue 10 that applies to this row: (text, met)."""
+    ratio = _ratio(stock, fast)
+    if ratio is None:
+        return []
+    out = [('<= stock', fast <= stock)]
+    if size in TARGETS:
+        out.append((f'>= {TARGETS[size]:.0f}x', ratio >= TARGETS[size]))
+    return out
+
+
+def _target_cell(size, stock, fast):
+    cells = []
+    for text, met in targets(size, stock['cpu_pct'], fast['cpu_pct']):
+        if met:
+            cells.append(f'{text}: met')
+        elif text == '<= stock':
+            cells.append('**MISSED: costs more than stock**')
+        else:
+            cells.append(f'**{text}: MISSED**')
+    behind = [f'{KIND_LABELS[k]} {_status(r)}' for k, r in (('stock', stock), ('fast', fast))
+              if _status(r) not in ('', 'follows')]
+    return '; '.join(cells + behind)
+
+
+def _header(results, add):
     m = results['machine']
     v = m['versions']
     bp = m.get('broker_packages') or {}
-    lines = []
-    add = lines.append
+    s = results['settings']
     add('# Cluster benchmark: stock Celery Gossip vs gossip_fast')
     add('')
     minutes = results.get('elapsed_seconds', 0) / 60
@@ -72,156 +143,202 @@ def markdown(results):
         f'{", ".join(f"{x:.2f}" for x in m["loadavg_start"])} (a shared machine: '
         'the publisher, the broker and all workers share its cores).')
     add('')
+    method = results.get('cpu_method', 'psutil')
     add('Each worker is a real `celery -A benchmarks.cluster.app worker --pool solo` '
-        '(gossip, mingle and heartbeats on, defaults otherwise). Simulated workers send one '
+        '(gossip, mingle and heartbeats on, defaults otherwise'
+        + (f'; gossip_fast with `GOSSIP_FAST_MAX_DELAY={s["max_delay"]}`' if s.get('max_delay') else '')
+        + '). Simulated workers send one '
         '`worker-heartbeat` every 2 s each, byte for byte as Celery 5.7\'s EventDispatcher '
         '(kombu producer, `celeryev` exchange, routing key `worker.heartbeat`, `hostname` header), '
         'so N workers make N/2 heartbeats/s'
         + (' (publisher: `raw`, the same bytes as kombu\'s, checked byte for byte, written '
            'straight to the socket to spare the machine\'s CPU)'
-           if results['settings'].get('publisher') == 'raw' else ' (publisher: kombu `Producer`)')
-        + '. CPU is the user+system time of the worker\'s main '
-        'process (psutil) over the window, divided by the heartbeats it applied in that window '
-        '(its own counters: stock `State.event_count`, gossip_fast `gossip_stats`).')
+           if s.get('publisher') == 'raw' else ' (publisher: kombu `Producer`)')
+        + '; the workers follow the same stream side by side, sizes in ascending order.')
+    add('')
+    add(f'CPU is everything the worker\'s main process spent on the CPU in the window, idle work '
+        f'included (timers, its own heartbeats, broker polling): {METHOD_TEXT.get(method, method)}'
+        + ('; the benchmark\'s own threads in the worker (its stats writer, once a second) are '
+           'left out, as a real worker has none (their CPU is under Checks)'
+           if method == 'schedstat' else
+           '; the benchmark\'s own stats thread (once a second) is included, as psutil cannot '
+           'tell threads apart')
+        + '. "us / heartbeat" divides it by the heartbeats the worker applied in the window (its '
+        'own counters: stock `State.event_count`, gossip_fast `gossip_stats`).')
     add('')
 
-    brokers = results.get('brokers', {})
-    add('## Main-process CPU per heartbeat, side by side on the same stream')
+
+def _headline_section(results, brokers, add):
+    s = results['settings']
+    small = results['criteria'].get('small_size', 100)
+    add('## Total main-process CPU, idle included: stock vs gossip_fast')
+    add('')
+    add('| broker | simulated workers (heartbeats/s) | stock: CPU % of one core | '
+        'gossip_fast: CPU % of one core | stock ÷ gossip_fast | target | '
+        'stock: us / heartbeat | gossip_fast: us / heartbeat |')
+    add('| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |')
+    for entry in brokers.values():
+        for window in windows(entry):
+            ws = window['workers']
+            stock, fast = ws.get('stock'), ws.get('fast')
+            if not stock or not fast:
+                continue
+            ratio = _fmt_ratio(_ratio(stock['cpu_pct'], fast['cpu_pct']))
+            spread = _run_ratios(stock, fast)
+            if len(spread) > 1:
+                ratio += f' ({_fmt_ratio(min(spread))}-{_fmt_ratio(max(spread))})'
+            add(f'| {entry["label"]} | {_size_label(window["size"])} | '
+                f'{_fmt_pct(stock["cpu_pct"])} | {_fmt_pct(fast["cpu_pct"])} | {ratio} | '
+                f'{_target_cell(window["size"], stock, fast)} | '
+                f'{_num(stock.get("us_per_heartbeat"))} | {_num(fast.get("us_per_heartbeat"))} |')
+    add('')
+    repeats = s.get('repeats') or 1
+    small_window = s.get('small_window') or s.get('idle_window') or s['window']
+    add(f'Each row pools {repeats} back-to-back window(s) of {small_window:.0f} s for '
+        f'{small:,} simulated workers or fewer (idle included) and of {s["window"]:.0f} s above, '
+        f'after a warm-up of {s["warmup"]:.0f} s'
+        + ('; in brackets, the lowest and highest ratio of the single windows' if repeats > 1 else '')
+        + '. "stock ÷ gossip_fast": stock\'s CPU divided by gossip_fast\'s, both measured in the '
+        'same windows. Targets (issue 10, real brokers, same run): gossip_fast costs no more '
+        'than stock at every size, idle included; at least '
+        + ' and '.join(f'{t:.0f}x lower at {n:,} workers' for n, t in TARGETS.items())
+        + '. A row that misses one says so in capitals. "us / heartbeat": the same CPU per '
+        'heartbeat applied (idle included, so it falls as the rate grows).')
+    add('')
+
+
+def _latency_section(results, brokers, add):
+    rows = [(entry, window) for entry in brokers.values() for window in windows(entry)
+            if window.get('latency')]
+    if not rows:
+        return
+    slack = results['criteria'].get('latency_slack_ms', 10)
+    add('## Added delay: publish-to-applied latency')
+    add('')
+    add('| broker | simulated workers (heartbeats/s) | worker | receive path | samples | '
+        'p50 ms | p99 ms | max ms | bound: max_delay + ' f'{slack:.0f} ms | p99 within it |')
+    add('| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |')
+    for entry, window in rows:
+        lat = window['latency']
+        for kind, r in lat['workers'].items():
+            path = _path_label(kind, window['workers'].get(kind, {}).get('receive_path'))
+            if r.get('error') or not r.get('samples'):
+                add(f'| {entry["label"]} | {_size_label(window["size"])} | {KIND_LABELS[kind]} | '
+                    f'{path} | 0 | - | - | - | - | {r.get("error", "no samples")} |')
+                continue
+            bound, within = '-', ''
+            if r.get('bound_ms') is not None:
+                bound = f'{r["bound_ms"]:.0f}'
+                within = 'yes' if r['within_bound'] else '**NO: over the bound**'
+            add(f'| {entry["label"]} | {_size_label(window["size"])} | {KIND_LABELS[kind]} | '
+                f'{path} | {r["samples"]:,} | {r["p50_ms"]:.1f} | {r["p99_ms"]:.1f} | '
+                f'{r["max_ms"]:.1f} | {bound} | {within} |')
+    lat = rows[0][1]['latency']
+    add('')
+    add(f'Measured in a window of its own after the CPU windows of the same size (so that the '
+        f'sampling does not weigh on them): {lat.get("tracked")} simulated peers (or all, if '
+        f'fewer) are tracked, and a thread in each worker looks at them every '
+        f'{1e3 * lat.get("period", 0.25):.0f} ms; each new `heartbeats[-1]` (the time the worker '
+        'applied the heartbeat: its `local_received`) minus the heartbeat\'s `timestamp` (stamped '
+        'with `time.time()` by the publisher as it renders the message) is one sample. Publisher '
+        'and workers share the machine, hence the clock. The bound applies to gossip_fast\'s '
+        'batched receive path, with the `max_delay` its `gossip_stats` report.')
+    add('')
+
+
+def _details_section(results, brokers, add):
+    add('## Every worker, every size')
     add('')
     add('| broker | simulated workers | heartbeats/s published | worker | receive path | '
-        'applied/s | CPU us / heartbeat | same, net of idle | CPU % of one core | '
-        'stock ÷ this | status |')
+        'applied/s | CPU % of one core | stock ÷ this | CPU us / heartbeat | same, net of idle | '
+        'status |')
     add('| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |')
-    for bkind, entry in brokers.items():
-        idle = (entry.get('idle') or {}).get('workers', {})
-        for window in entry.get('sizes', []):
+    for entry in brokers.values():
+        idle = (idle_window(entry) or {}).get('workers', {})
+        for window in windows(entry):
             ws = window['workers']
-            stock_us = (ws.get('stock') or {}).get('us_per_heartbeat')
+            stock_pct = (ws.get('stock') or {}).get('cpu_pct')
             for kind, r in ws.items():
-                ratio = (stock_us / r['us_per_heartbeat']
-                         if stock_us and r.get('us_per_heartbeat') and kind != 'stock' else None)
                 note = _status(r)
                 if kind == 'stock' and r.get('joins_per_s', 0) > 1:
                     note += f'; node_join {r["joins_per_s"]:,.0f}/s (LRU cap 5,000)'
                 net = None
                 if r.get('applied_rate') and kind in idle and r.get('us_per_heartbeat'):
                     net = 1e4 * (r['cpu_pct'] - idle[kind]['cpu_pct']) / r['applied_rate']
-                us = _num(r['us_per_heartbeat'])
+                us = _num(r.get('us_per_heartbeat'))
                 runs = [x['us_per_heartbeat'] for x in r.get('runs', []) if x['us_per_heartbeat']]
                 if len(runs) > 1:
                     us += f' ({min(runs):,.0f}-{max(runs):,.0f})'
-                add(f'| {entry["label"]} | {window["size"]:,} | {_num(window["published_rate"])} | '
-                    f'{KIND_LABELS[kind]} | {_path_label(kind, r.get("receive_path"))} | '
-                    f'{_num(r["applied_rate"])} | {us} | {_num(net)} | '
-                    f'{_num(r["cpu_pct"], "{:.1f}")} | {_num(ratio, "{:.1f}x")} | {note} |')
+                pct = _fmt_pct(r['cpu_pct'])
+                pcts = [x['cpu_pct'] for x in r.get('runs', [])]
+                if len(pcts) > 1:
+                    pct += f' ({_fmt_pct(min(pcts))}-{_fmt_pct(max(pcts))})'
+                ratio = _ratio(stock_pct, r['cpu_pct']) if kind != 'stock' else None
+                add(f'| {entry["label"]} | {window["size"]:,} | '
+                    f'{_num(window.get("published_rate"))} | {KIND_LABELS[kind]} | '
+                    f'{_path_label(kind, r.get("receive_path"))} | {_num(r.get("applied_rate"))} | '
+                    f'{pct} | {_fmt_ratio(ratio)} | {us} | {_num(net)} | {note} |')
     add('')
-    repeats = results['settings'].get('repeats') or 1
-    add(f'Each row pools {repeats} back-to-back window(s) of {results["settings"]["window"]:.0f} s '
-        'after a warm-up of ' f'{results["settings"]["warmup"]:.0f} s'
-        + ('; in brackets, the lowest and highest of the windows.' if repeats > 1 else '.') + ' '
-        '"net of idle": the same after taking away what the worker spends with no simulated '
-        'peers (its idle CPU, next section: timers, its own heartbeats, broker polling, and for '
-        'gossip_fast\'s fast path its drain timer). '
-        '"stock ÷ this": stock\'s CPU per heartbeat divided by this worker\'s, in the same '
-        'window. A worker that is behind applied fewer heartbeats than were published; its CPU '
-        'per heartbeat is then per heartbeat it managed to apply.')
-    add('')
-
-    add('## Idle baseline (no simulated workers, same workers)')
-    add('')
-    add('| broker | worker | CPU % of one core | CPU s in window |')
-    add('| --- | --- | ---: | ---: |')
-    for bkind, entry in brokers.items():
-        idle = entry.get('idle')
-        if not idle:
-            continue
-        for kind, r in idle['workers'].items():
-            add(f'| {entry["label"]} | {KIND_LABELS[kind]} | {r["cpu_pct"]:.2f} | '
-                f'{r["cpu_seconds"]:.3f} ({idle["seconds"]:.0f} s) |')
+    add('In brackets, the lowest and highest of the single windows. "net of idle": CPU per '
+        'heartbeat after taking away what the same worker spends idle (its idle row). A worker '
+        'that is behind applied fewer heartbeats than were published; its CPU per heartbeat is '
+        'then per heartbeat it managed to apply.')
     add('')
 
-    if any(entry.get('max_rate') for entry in brokers.values()):
-        together = results['settings'].get('ramp_mode') == 'together'
-        add('## Highest sustainable rate ' + ('(all workers side by side on one stream)'
-                                               if together else '(each worker alone)'))
-        add('')
-        c = results['criteria']
-        add(f'The rate is doubled from {results["settings"]["ramp_start"]:,.0f}/s (cluster size = '
-            f'2 x rate) for at most {results["settings"]["ramp_steps"]} steps, until the worker '
-            f'falls behind' + ('' if together else
-                               f', then bisected {results["settings"]["bisect"]} time(s)')
-            + '. A step is followed when the worker applies '
-            f'at least {100 * c["follow_ratio"]:.0f}% of what was published, its backlog at the '
-            f'broker (RabbitMQ queue depth, Redis client output buffer) stays under '
-            f'{c["backlog_seconds"]} s of stream, nothing is shed and its CPU stays under '
-            f'{c["cpu_limit_pct"]:.0f}% of a core.')
-        add('')
-        add('| broker | worker | highest rate followed (heartbeats/s) | = cluster of | '
-            'CPU % there | us / heartbeat there | lowest rate not followed | why there | '
-            'broker CPU % / machine busy % there |')
-        add('| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |')
-        for bkind, entry in brokers.items():
-            for ramp in entry.get('max_rate', []):
-                if not ramp.get('steps'):
-                    continue  # interrupted before its first step
-                kind = ramp['kind']
-                best = None
-                for step in ramp['steps']:
-                    r = step['workers'][kind]
-                    if r['keeps_up'] and (best is None or step['published_rate'] > best[0]['published_rate']):
-                        best = (step, r)
-                # the lowest rate not followed (after bisection: the closest to the limit)
-                failed = sorted((s for s in ramp['steps'] if not s['workers'][kind]['keeps_up']),
-                                key=lambda s: s['published_rate'] or 0)
-                why = '; '.join(x for x in (failed[0]['workers'][kind]['reason'],
-                                            _lost_note(failed[0]['workers'][kind])) if x) if failed else ''
-                if failed and 'CPU' not in why:
-                    why += f' (CPU {failed[0]["workers"][kind]["cpu_pct"]:.0f}%)'
-                load = (f'{failed[0]["broker_cpu_pct"]:.0f} / '
-                        f'{_num(failed[0]["machine_busy_pct"], "{:.0f}")}' if failed else '')
-                top = _num(ramp['max_rate'])
-                if ramp.get('bound') == 'publisher':
-                    top = f'>= {top}'
-                    why = 'not reached: the publisher could not send faster on this machine'
-                elif ramp.get('bound') == 'steps':
-                    top = f'>= {top}'
-                    why = 'not reached within the ramp\'s steps'
-                if ramp['max_rate'] is None:
-                    top = f'< {_num(results["settings"]["ramp_start"])}'
-                size = f'{2 * ramp["max_rate"]:,.0f}' if ramp['max_rate'] else '-'
-                add(f'| {entry["label"]} | {KIND_LABELS[kind]} | {top} | {size} | '
-                    f'{_num(best[1]["cpu_pct"] if best else None, "{:.0f}")} | '
-                    f'{_num(best[1]["us_per_heartbeat"] if best else None)} | '
-                    f'{_num(ramp["failed_at"])} | {why} | {load} |')
-        add('')
 
+def _load_section(brokers, add):
     add('## Load during the windows')
     add('')
     add('| broker | simulated workers | publisher processes | publisher CPU % | broker CPU % | '
         'machine busy % (all cores) | load average |')
     add('| --- | ---: | ---: | ---: | ---: | ---: | ---: |')
-    for bkind, entry in brokers.items():
-        for window in ([entry['idle']] if entry.get('idle') else []) + entry.get('sizes', []):
+    for entry in brokers.values():
+        for window in windows(entry):
             add(f'| {entry["label"]} | {window.get("size", 0):,} | {window["publisher_processes"]} | '
                 f'{_num(window["publisher_cpu_pct"], "{:.0f}")} | {window["broker_cpu_pct"]:.0f} | '
                 f'{_num(window["machine_busy_pct"], "{:.0f}")} | {window["loadavg"]:.2f} |')
     add('')
 
+
+def _bench_threads_check(entry):
+    """The benchmark's own threads' CPU, left out of the workers' (one line)."""
+    bits = []
+    for window in windows(entry):
+        for kind, r in window['workers'].items():
+            if r.get('bench_cpu_seconds') is not None and window.get('seconds'):
+                bits.append(100.0 * r['bench_cpu_seconds'] / window['seconds'])
+    if not bits:
+        return None
+    return (f'{min(bits):.3f}-{max(bits):.3f}% of a core in each worker, left out of its CPU')
+
+
+def _checks_section(results, brokers, add):
     add('## Checks')
     add('')
-    for bkind, entry in brokers.items():
+    method = results.get('cpu_method', 'psutil')
+    add(f'- CPU measured with {METHOD_TEXT.get(method, method)}.')
+    for entry in brokers.values():
+        label = entry['label']
         if entry.get('error'):
-            add(f'- **{entry["label"]}: the run stopped with an error: `{entry["error"]}`** '
+            add(f'- **{label}: the run stopped with an error: `{entry["error"]}`** '
                 '(results above are what was measured before it).')
         wire = entry.get('wire') or {}
         state = {True: 'OK', False: 'DIFFERS', None: 'not checked'}[wire.get('ok')]
-        add(f'- {entry["label"]} wire format of the simulated heartbeats vs a real worker\'s '
+        add(f'- {label} wire format of the simulated heartbeats vs a real worker\'s '
             f'capture: {state} ({wire.get("detail", "")}).')
         if not entry.get('fast_reader'):
-            add(f'- {entry["label"]}: gossip_fast has no fast reader for this broker in this '
+            add(f'- {label}: gossip_fast has no fast reader for this broker in this '
                 'build (`gossip_fast/fastpath`), so `auto` used kombu\'s classic consumer and the '
                 'classic column is not run: the numbers show the compiled core alone.')
-        for window in entry.get('sizes', []):
+        bench = _bench_threads_check(entry) if method == 'schedstat' else None
+        if bench:
+            add(f'- {label}: the benchmark\'s own threads (stats writer): {bench}.')
+        ended = sum(r.get('threads_ended') or 0 for w in windows(entry)
+                    for r in w['workers'].values())
+        if ended:
+            add(f'- **{label}: {ended} thread(s) of a worker ended during a window: the last '
+                'part of their CPU is missing from it.**')
+        for window in windows(entry):
             control = window.get('control') or {}
             bits = []
             for kind, c in control.items():
@@ -234,11 +351,19 @@ def markdown(results):
                 if c.get('gossip_stats_events_received') is not None:
                     text += (f', gossip_stats events.received {_num(c["gossip_stats_events_received"])}'
                              f', receive path {c.get("gossip_stats_receive_path")}')
+                if c.get('max_delay') is not None:
+                    text += f', max_delay {c["max_delay"]:g} s'
                 bits.append(text)
             if bits:
-                add(f'- {entry["label"]}, {window["size"]:,} workers, `inspect bench_stats` / '
+                add(f'- {label}, {window["size"]:,} workers, `inspect bench_stats` / '
                     f'`gossip_stats` after the window: ' + '; '.join(bits) + '.')
     add('')
+    small = results['criteria'].get('small_size')
+    if small:
+        add(f'Up to {small:,} simulated workers the workers\' 1 s liveness timer (the benchmark\'s, '
+            'to tell a stalled event loop) is off: it would add a turn of the event loop a second, '
+            'which a real worker does not make, to costs of a few turns a second.')
+        add('')
     add('Every simulated worker beats on time, so a `node_lost` for one of them (`lost` in the '
         'JSON, "live peers lost" above) is a false loss: the worker dropped or expired its '
         'heartbeats (gossip_fast\'s fast path sheds heartbeats when over its budget; RabbitMQ '
@@ -249,7 +374,141 @@ def markdown(results):
         'LRU): with more simulated workers it forgets the oldest and fires `node_join` again '
         'when they beat next. That is stock behaviour, kept as is (see the node_join rate above).')
     add('')
+
+
+def markdown(results):
+    lines = []
+    add = lines.append
+    brokers = results.get('brokers', {})
+    _header(results, add)
+    _headline_section(results, brokers, add)
+    _latency_section(results, brokers, add)
+    _details_section(results, brokers, add)
+    _max_rate_section(results, brokers, add)
+    _load_section(brokers, add)
+    _checks_section(results, brokers, add)
     return '\n'.join(lines)
+
+
+def _max_rate_section(results, brokers, add):
+    """The highest-rate search (unchanged method: see run.py)."""
+    if not any(entry.get('max_rate') for entry in brokers.values()):
+        return
+    together = results['settings'].get('ramp_mode') == 'together'
+    add('## Highest sustainable rate ' + ('(all workers side by side on one stream)'
+                                           if together else '(each worker alone)'))
+    add('')
+    c = results['criteria']
+    add(f'The rate is doubled from {results["settings"]["ramp_start"]:,.0f}/s (cluster size = '
+        f'2 x rate) for at most {results["settings"]["ramp_steps"]} steps, until the worker '
+        f'falls behind' + ('' if together else
+                           f', then bisected {results["settings"]["bisect"]} time(s)')
+        + '. A step is followed when the worker applies '
+        f'at least {100 * c["follow_ratio"]:.0f}% of what was published, its backlog at the '
+        f'broker (RabbitMQ queue depth, Redis client output buffer) stays under '
+        f'{c["backlog_seconds"]} s of stream, nothing is shed and its CPU stays under '
+        f'{c["cpu_limit_pct"]:.0f}% of a core.')
+    add('')
+    add('| broker | worker | highest rate followed (heartbeats/s) | = cluster of | '
+        'CPU % there | us / heartbeat there | lowest rate not followed | why there | '
+        'broker CPU % / machine busy % there |')
+    add('| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |')
+    for bkind, entry in brokers.items():
+        for ramp in entry.get('max_rate', []):
+            if not ramp.get('steps'):
+                continue  # interrupted before its first step
+            kind = ramp['kind']
+            best = None
+            for step in ramp['steps']:
+                r = step['workers'][kind]
+                if r['keeps_up'] and (best is None or step['published_rate'] > best[0]['published_rate']):
+                    best = (step, r)
+            # the lowest rate not followed (after bisection: the closest to the limit)
+            failed = sorted((s for s in ramp['steps'] if not s['workers'][kind]['keeps_up']),
+                            key=lambda s: s['published_rate'] or 0)
+            why = '; '.join(x for x in (failed[0]['workers'][kind]['reason'],
+                                        _lost_note(failed[0]['workers'][kind])) if x) if failed else ''
+            if failed and 'CPU' not in why:
+                why += f' (CPU {failed[0]["workers"][kind]["cpu_pct"]:.0f}%)'
+            load = (f'{failed[0]["broker_cpu_pct"]:.0f} / '
+                    f'{_num(failed[0]["machine_busy_pct"], "{:.0f}")}' if failed else '')
+            top = _num(ramp['max_rate'])
+            if ramp.get('bound') == 'publisher':
+                top = f'>= {top}'
+                why = 'not reached: the publisher could not send faster on this machine'
+            elif ramp.get('bound') == 'steps':
+                top = f'>= {top}'
+                why = 'not reached within the ramp\'s steps'
+            if ramp['max_rate'] is None:
+                top = f'< {_num(results["settings"]["ramp_start"])}'
+            size = f'{2 * ramp["max_rate"]:,.0f}' if ramp['max_rate'] else '-'
+            add(f'| {entry["label"]} | {KIND_LABELS[kind]} | {top} | {size} | '
+                f'{_num(best[1]["cpu_pct"] if best else None, "{:.0f}")} | '
+                f'{_num(best[1]["us_per_heartbeat"] if best else None)} | '
+                f'{_num(ramp["failed_at"])} | {why} | {load} |')
+    add('')
+
+
+def _x(size, first):
+    """Where a size goes on the log x axis: idle a decade's half left of *first*."""
+    return size if size else first / 3.0
+
+
+def _plot_cpu(ax, entry, kinds, first):
+    """CPU % of one core (log) against cluster size, one line per worker."""
+    for kind in kinds:
+        pts = [(w['size'], w['workers'][kind]) for w in windows(entry) if kind in w['workers']]
+        style = dict(color=COLORS[kind], lw=2, ls='--' if kind == 'classic' else '-',
+                     marker='o', zorder=3)
+        busy = [(s, r) for s, r in pts if s]
+        ax.plot([s for s, _ in busy], [r['cpu_pct'] for _, r in busy],
+                label=KIND_LABELS[kind], **style)
+        for size, r in pts:
+            x, y = _x(size, first), r['cpu_pct']
+            if not size:  # idle: its own point, not joined to the others
+                ax.plot([x], [y], **dict(style, ls='none'))
+            if r.get('keeps_up') is False:
+                ax.plot([x], [y], marker='o', ms=14, mfc='none', mec='black', mew=1.5, zorder=4)
+            if kind != 'classic':
+                ax.annotate(_fmt_pct(y) + '%', (x, y), textcoords='offset points',
+                            xytext=(0, 7 if kind == 'stock' else -13), ha='center',
+                            fontsize=7.5, color=COLORS[kind])
+    ax.set_yscale('log')
+    if max(r['cpu_pct'] for w in windows(entry) for r in w['workers'].values()) > 20:
+        ax.axhline(100, color='grey', ls=':', lw=1)  # one core
+
+
+def _plot_ratio(ax, entry, kinds, first):
+    """stock ÷ each other worker (log), with issue 10's targets; returns
+    the ratios drawn."""
+    drawn = [1.0]
+    for kind in [k for k in kinds if k != 'stock']:
+        pts = [(w['size'], _ratio(w['workers']['stock']['cpu_pct'], w['workers'][kind]['cpu_pct']))
+               for w in windows(entry) if 'stock' in w['workers'] and kind in w['workers']]
+        pts = [(s, r) for s, r in pts if r]
+        drawn += [r for _, r in pts]
+        style = dict(color=COLORS[kind], lw=2, ls='--' if kind == 'classic' else '-',
+                     marker='o', zorder=3)
+        busy = [(s, r) for s, r in pts if s]
+        ax.plot([s for s, _ in busy], [r for _, r in busy],
+                label=f'stock ÷ {KIND_LABELS[kind]}', **style)
+        for size, r in pts:
+            if not size:
+                ax.plot([_x(0, first)], [r], **dict(style, ls='none'))
+            if kind == 'fast':
+                ax.annotate(_fmt_ratio(r), (_x(size, first), r), textcoords='offset points',
+                            xytext=(0, -14), ha='center', fontsize=8, fontweight='bold',
+                            color='#333')
+    ax.axhline(1, color='#c0392b', ls=':', lw=1.2)
+    ax.text(_x(0, first) / 1.4, 1.04, 'gossip_fast = stock', color='#c0392b', fontsize=7.5,
+            va='bottom')
+    for size, target in TARGETS.items():
+        if any(w['size'] == size for w in windows(entry)):
+            ax.plot([size], [target], marker='_', ms=22, mew=2.5, color='black', zorder=5)
+            ax.annotate(f'target {target:.0f}x', (size, target), textcoords='offset points',
+                        xytext=(0, 6), ha='center', fontsize=7.5)
+    ax.set_yscale('log')
+    return drawn
 
 
 def plot(results, path):
@@ -258,83 +517,51 @@ def plot(results, path):
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    brokers = [(k, e) for k, e in results.get('brokers', {}).items() if e.get('sizes')]
+    brokers = [(k, e) for k, e in results.get('brokers', {}).items() if windows(e)]
     if not brokers:
         return None
-    fig, axes = plt.subplots(2, len(brokers), figsize=(6.4 * len(brokers), 8.2),
+    fig, axes = plt.subplots(2, len(brokers), figsize=(max(8.0, 6.4 * len(brokers)), 8.6),
                              squeeze=False, sharey='row', height_ratios=(3, 2))
-    top = 0
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}')
+    ratios = list(TARGETS.values())
     for col, (bkind, entry) in enumerate(brokers):
-        ax, ax_us = axes[0][col], axes[1][col]
-        sizes = [w['size'] for w in entry['sizes']]
-        kinds = list(entry['sizes'][0]['workers'])
-        for kind in kinds:
-            xs, ys, us, lag = [], [], [], []
-            for w in entry['sizes']:
-                r = w['workers'][kind]
-                xs.append(w['size'])
-                ys.append(r['cpu_pct'])
-                us.append(r.get('us_per_heartbeat'))
-                lag.append(r.get('keeps_up') is False)
-            top = max(top, max(ys))
-            style = dict(ls='-' if kind != 'classic' else '--', color=COLORS[kind], lw=2,
-                         marker='o', label=KIND_LABELS[kind], zorder=3)
-            ax.plot(xs, ys, **style)
-            ax_us.plot([x for x, u in zip(xs, us) if u], [u for u in us if u], **style)
-            for x, y, behind in zip(xs, ys, lag):
-                if behind:
-                    ax.plot([x], [y], marker='o', ms=14, mfc='none', mec='black', mew=1.5,
-                            zorder=4)
-            for x, y, u in zip(xs, ys, us):
-                if u:
-                    ax.annotate(f'{y:.0f}%' if y >= 10 else f'{y:.1f}%', (x, y),
-                                textcoords='offset points',
-                                xytext=(8, -3) if kind == 'classic' else (0, 7),
-                                ha='left' if kind == 'classic' else 'center',
-                                fontsize=8, color=COLORS[kind])
-        for w in entry['sizes']:
-            s = w['workers'].get('stock', {}).get('us_per_heartbeat')
-            f = w['workers'].get('fast', {}).get('us_per_heartbeat')
-            if s and f:
-                ax_us.annotate(f'{s / f:.0f}x' if s / f >= 10 else f'{s / f:.1f}x',
-                               (w['size'], (s * f) ** 0.5), ha='center', va='center',
-                               fontsize=9, fontweight='bold', color='#444')
-        ax.axhline(100, color='grey', ls=':', lw=1)
-        ax.text(sizes[-1] * 1.35, 101, 'one core', color='grey', fontsize=8,
-                va='bottom', ha='right')
-        idle = entry.get('idle')
-        idle_text = ''
-        if idle:
-            idle_text = '  (idle: ' + ', '.join(
-                f'{k} {r["cpu_pct"]:.1f}%' for k, r in idle['workers'].items()) + ')'
-        ax.set_title(entry['label'] + idle_text, fontsize=10)
-        for a in (ax, ax_us):
+        ax, ax_ratio = axes[0][col], axes[1][col]
+        sizes = [w['size'] for w in windows(entry)]
+        kinds = list(windows(entry)[0]['workers'])
+        first = min([s for s in sizes if s] or [10])
+        _plot_cpu(ax, entry, kinds, first)
+        ratios += _plot_ratio(ax_ratio, entry, kinds, first)
+        ax.set_title(entry['label'], fontsize=10)
+        xs = [_x(s, first) for s in sizes]
+        for a in (ax, ax_ratio):
             a.set_xscale('log')
-            a.set_xlim(sizes[0] / 1.6, sizes[-1] * 1.6)
-            a.set_xticks(sizes)
-            a.set_xticklabels([f'{s:,}\n({s / 2:,.0f}/s)' for s in sizes])
+            a.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
+            a.set_xticks(xs)
+            a.set_xticklabels([_size_label(s).replace(' (', '\n(') for s in sizes], fontsize=8)
             a.minorticks_off()
+            a.yaxis.set_major_formatter(plain)
             a.grid(True, which='major', alpha=0.3)
-        ax_us.set_yscale('log')
-        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}')
-        ax_us.yaxis.set_major_formatter(plain)
-        ax_us.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(
-            lambda v, _: f'{v:g}' if f'{v:g}'[0] in '25' else ''))
-        ax_us.tick_params(axis='y', which='minor', labelsize=7)
-        ax_us.set_xlabel('simulated cluster size (heartbeats/s)')
+            if 0 in sizes and len(sizes) > 1:  # idle is not on the size scale
+                a.axvline((_x(0, first) * first) ** 0.5, color='grey', lw=0.8, ls='-', alpha=0.5)
+        ax_ratio.set_xlabel('simulated cluster size (heartbeats/s)')
         ax.legend(loc='upper left', fontsize=9)
-    axes[0][0].set_ylabel('worker main-process CPU, % of one core')
-    axes[0][0].set_ylim(0, max(110, top * 1.15))
-    axes[1][0].set_ylabel('CPU us per heartbeat (log)\nbold: stock / gossip_fast')
+        ax_ratio.legend(loc='upper left', fontsize=8)
+    # each row shares its y axis: limits from every broker, with room for the labels
+    cpu = [r['cpu_pct'] for _, e in brokers for w in windows(e) for r in w['workers'].values()
+           if r['cpu_pct'] > 0]
+    axes[0][0].set_ylim(min(cpu) / 1.8, max(cpu + ([100] if max(cpu) > 20 else [])) * 1.8)
+    axes[1][0].set_ylim(min(ratios) / 1.6, 2.5 * max(ratios))
+    axes[0][0].set_ylabel('worker main-process CPU, % of one core\n(idle included; log)')
+    axes[1][0].set_ylabel('stock CPU ÷ gossip_fast CPU (log)')
     m = results['machine']
-    fig.suptitle('Gossip cost in one Celery worker, stock vs gossip_fast, same stream '
-                 f'({m["cpu_model"]}, {m["cores"]} cores, {m["date"][:10]}; circled: fell behind)',
-                 fontsize=10)
-    fig.text(0.01, 0.005, 'Circled: the worker fell behind (applied < 95% of what was '
-             'published, or shed, or saturated); its CPU % is then what it managed to use, not '
-             'what following the stream would take. See the Markdown table for the machine\'s '
-             'load in each window.', fontsize=7.5, color='#555', va='bottom')
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.suptitle('Gossip cost in one Celery worker: stock vs gossip_fast on the same stream\n'
+                 f'({m["cpu_model"]}, {m["cores"]} cores, {m["date"][:10]})', fontsize=10)
+    note = ('Circled: the worker fell behind (applied < 95% of what was published, or shed, or '
+            'saturated); its CPU % is then what it managed to use. Bars: issue 10\'s targets. '
+            'See the Markdown tables for each window\'s spread and the machine\'s load.')
+    fig.text(0.01, 0.005, textwrap.fill(note, 75 * len(brokers) + 40), fontsize=7.5,
+             color='#555', va='bottom')
+    fig.tight_layout(rect=(0, 0.035, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -11,16 +11,20 @@ loopback):
    ``classic``: the same with ``GOSSIP_FAST_RECEIVE=classic``, run only when
    a fast reader exists for the broker, since ``auto`` is ``classic``
    otherwise) run side by side, ``celery worker --pool solo``, following
-   the same stream.  First an idle window (no simulated peers), then N =
-   500 / 2,000 / 10,000 simulated workers (one heartbeat each every 2 s:
-   N/2 heartbeats/s).  For each: main-process CPU (psutil ``cpu_times``
-   user+sys) over a steady-state window after a warm-up, heartbeats applied
-   (the worker's own counters, see ``app.py``), backlog at the broker
-   (RabbitMQ queue depth, Redis client output buffer), and at the end a
-   ``bench_stats`` / ``gossip_stats`` remote-control cross-check.
+   the same stream, for N = 0 (idle), 10, 50, 100, 500, 2,000 and 10,000
+   simulated workers, in that order (one heartbeat each every 2 s: N/2
+   heartbeats/s).  For each: the total CPU of the worker's main process
+   (:mod:`.cpu`: per-thread nanoseconds from /proc on Linux, leaving out
+   the benchmark's own threads) over back-to-back windows after a warm-up
+   (longer windows for N <= 100, where a worker spends a few ms a second),
+   heartbeats applied (the worker's own counters, see ``app.py``), backlog
+   at the broker (RabbitMQ queue depth, Redis client output buffer), then a
+   ``bench_stats`` / ``gossip_stats`` remote-control cross-check and, for
+   some sizes, the publish-to-applied latency of the heartbeats
+   (:mod:`.latency`) in a window of its own.
 2. *Highest sustainable rate*: each kind alone, the rate doubled from
    ``--ramp-start`` until the worker falls behind, then bisected.  A step is
-   followed when the worker applies >= 98% of what was published, its
+   followed when the worker applies >= 95% of what was published, its
    backlog stays small, nothing is shed and its CPU stays under 95% of a
    core.
 
@@ -56,12 +60,21 @@ if ROOT not in sys.path:
 from tests.brokers import RabbitMQServer, RedisServer, stop_process_group  # noqa: E402
 
 from benchmarks.cluster import report  # noqa: E402
+from benchmarks.cluster.cpu import ProcessCPU, delta as cpu_delta  # noqa: E402
+from benchmarks.cluster.latency import PERIOD as LATENCY_PERIOD, summarize  # noqa: E402
+from benchmarks.cluster.publisher import sim_hostname  # noqa: E402
 
 FREQ = 2.0                      # heartbeat interval of every simulated worker (s)
 FOLLOW_RATIO = 0.95             # applied / published, to count as following
 CPU_LIMIT = 95.0                # % of one core, above which a worker is saturated
 BACKLOG_SECONDS = 0.25          # backlog allowed at the end of a window (s of stream)
 LOOP_STALL = 3.0                # s without the worker's 1 s timer running: stalled
+SMALL_SIZE = 100                # sizes up to this (idle included) get the long windows;
+                                # the workers' 1 s liveness timer is off for them
+LATENCY_TRACK = 200             # simulated peers whose heartbeats the latency window samples
+LATENCY_SAMPLES = 200           # a latency window lasts long enough for about this many,
+LATENCY_SECONDS = (10.0, 40.0)  # within these bounds (s)
+LATENCY_SLACK_MS = 10.0         # gossip_fast's p99 must stay within max_delay + this
 PUBLISH_RATIO = 0.97            # achieved / asked, below which the publisher is the limit
 REDIS_ENVELOPE_BYTES = 620      # a heartbeat's PUBLISH as Redis buffers it (approx.)
 WORKER_START_TIMEOUT = 60.0
@@ -81,20 +94,35 @@ def parse_args(argv=None):
         prog='cluster-bench', description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--quick', action='store_true',
-                   help='short smoke run (~2 min): sizes 500 and 2,000, short windows, '
-                        'a two-step rate ramp')
+                   help='short smoke run (~3 min): idle, 10 and 2,000 workers, short windows, '
+                        'latency at 10 and 2,000, a two-step rate ramp')
     p.add_argument('--brokers', default='redis,amqp',
                    help='comma list of redis, amqp (default: both)')
-    p.add_argument('--sizes', help='comma list of simulated cluster sizes '
-                                   '(default 500,2000,10000; quick 500,2000)')
+    p.add_argument('--sizes', help='comma list of simulated cluster sizes, 0 for idle '
+                                   '(default 0,10,50,100,500,2000,10000; quick 0,10,2000)')
     p.add_argument('--kinds', help='comma list of stock, fast, classic (default: stock, '
                                    'fast, and classic where a fast reader exists)')
-    p.add_argument('--warmup', type=float, help='seconds before each window (default 8; quick 3)')
-    p.add_argument('--window', type=float, help='seconds of each size window (default 8; quick 5)')
+    p.add_argument('--warmup', type=float, help='seconds before each size\'s windows (default 8; quick 3)')
+    p.add_argument('--window', type=float, help=f'seconds of each window for sizes above {SMALL_SIZE} '
+                                                '(default 8; quick 5)')
+    p.add_argument('--small-window', type=float,
+                   help=f'seconds of each window for sizes up to {SMALL_SIZE}, idle included '
+                        '(default 20, so 60 s with 3 repeats; quick 10)')
     p.add_argument('--repeats', type=int, help='windows per cluster size, back to back; the table '
                                                'pools them and shows their spread (default 3; quick 1)')
-    p.add_argument('--idle-window', type=float, help='seconds of the idle window (default 10; quick 4)')
+    p.add_argument('--latency-sizes', help='comma list of the sizes whose publish-to-applied '
+                                           'latency is measured (default 10,100,2000; those '
+                                           'that are in --sizes); "none" for none')
+    p.add_argument('--latency-window', type=float,
+                   help=f'seconds of each latency window (default: long enough for about '
+                        f'{LATENCY_SAMPLES} heartbeats of the {LATENCY_TRACK} tracked peers, '
+                        f'{LATENCY_SECONDS[0]:.0f}-{LATENCY_SECONDS[1]:.0f} s; quick 8)')
+    p.add_argument('--max-delay', type=float,
+                   help='GOSSIP_FAST_MAX_DELAY for the gossip_fast workers (default: gossip_fast\'s '
+                        'own default, or the environment\'s)')
     p.add_argument('--no-max-rate', action='store_true', help='skip the highest-rate search')
+    p.add_argument('--ramp-kinds', help='comma list of the kinds whose highest rate is searched '
+                                        '(default stock,fast: classic\'s ramp would add ~4 min)')
     p.add_argument('--ramp-start', type=float, help='first rate of the ramp, heartbeats/s (default 1000; quick 2500)')
     p.add_argument('--ramp-steps', type=int, help='at most this many steps per worker (default 9; quick 2)')
     p.add_argument('--ramp-window', type=float, help='seconds of each ramp window (default 8; quick 4)')
@@ -124,16 +152,22 @@ def parse_args(argv=None):
     for broker in args.brokers:
         if broker not in ('redis', 'amqp'):
             p.error(f'unknown broker {broker!r}')
-    args.sizes = ([int(s) for s in args.sizes.split(',')] if args.sizes
-                  else ([500, 2000] if quick else [500, 2000, 10000]))
-    args.kinds = ([k.strip() for k in args.kinds.split(',')] if args.kinds else None)
-    for kind in args.kinds or ():
-        if kind not in KINDS:
-            p.error(f'unknown kind {kind!r}')
+    # ascending: a cluster only grows, so no peer of a bigger one is lost
+    args.sizes = sorted({int(s) for s in args.sizes.split(',')} if args.sizes
+                        else ([0, 10, 2000] if quick else [0, 10, 50, 100, 500, 2000, 10000]))
+    args.kinds = _kinds(p, args.kinds)
+    args.ramp_kinds = _kinds(p, args.ramp_kinds) or ['stock', 'fast']
+    if args.latency_sizes == 'none':
+        args.latency_sizes = []
+    else:
+        wanted = ({int(s) for s in args.latency_sizes.split(',')} if args.latency_sizes
+                  else {10, 100, 2000})
+        args.latency_sizes = sorted(wanted & set(args.sizes) - {0})
     args.warmup = default(args.warmup, 8.0, 3.0)
     args.window = default(args.window, 8.0, 5.0)
+    args.small_window = default(args.small_window, 20.0, 10.0)
+    args.latency_window = default(args.latency_window, None, 8.0)
     args.repeats = max(1, default(args.repeats, 3, 1))
-    args.idle_window = default(args.idle_window, 10.0, 4.0)
     args.ramp_start = default(args.ramp_start, 1000.0, 2500.0)
     args.ramp_steps = default(args.ramp_steps, 9, 2)
     args.ramp_window = default(args.ramp_window, 8.0, 4.0)
@@ -145,6 +179,16 @@ def parse_args(argv=None):
         args.out_dir = (os.path.join(tempfile.gettempdir(), 'gossip-fast-cluster-bench-quick')
                         if quick else os.path.join(ROOT, 'docs'))
     return args
+
+
+def _kinds(parser, text):
+    if not text:
+        return None
+    kinds = [k.strip() for k in text.split(',') if k.strip()]
+    for kind in kinds:
+        if kind not in KINDS:
+            parser.error(f'unknown kind {kind!r}')
+    return kinds
 
 
 def fast_reader_available(broker):
@@ -162,16 +206,20 @@ def fast_reader_available(broker):
 class Worker:
     """One ``celery worker --pool solo`` of the bench app."""
 
-    def __init__(self, kind, broker_url, folder, tag):
+    def __init__(self, kind, broker_url, folder, tag, max_delay=None):
         self.kind = kind
         self.broker_url = broker_url
         self.folder = folder
+        self.max_delay = max_delay
         self.name = f'bench-{kind}-{tag}'
         self.hostname = f'{self.name}@{socket.gethostname()}'
         self.stats_path = os.path.join(folder, f'{self.name}.stats.json')
+        self.control_path = f'{self.stats_path}.control'  # read by app.py's BenchStep
         self.log_path = os.path.join(folder, f'{self.name}.log')
         self.proc = None
         self.ps = None
+        self.cpu_reader = None
+        self._control = {}
 
     def start(self):
         env = {k: v for k, v in os.environ.items()
@@ -187,6 +235,8 @@ class Worker:
             env['GOSSIP_FAST_RECEIVE'] = 'classic'
         elif self.kind == 'fast':
             env['GOSSIP_FAST_RECEIVE'] = 'auto'
+        if self.kind != 'stock' and self.max_delay is not None:
+            env['GOSSIP_FAST_MAX_DELAY'] = repr(self.max_delay)
         argv = [sys.executable, '-m', 'celery', '-A', 'benchmarks.cluster.app', 'worker',
                 '--pool', 'solo', '-n', f'{self.name}@%h', '--loglevel', 'WARNING']
         with open(self.log_path, 'ab') as out:
@@ -194,7 +244,24 @@ class Worker:
                                          stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         self.ps = psutil.Process(self.proc.pid)
+        self.cpu_reader = ProcessCPU(self.proc.pid)
         return self
+
+    def control(self, **changes):
+        """Tell the worker's BenchStep (``loop_tick``, ``latency``): it reads
+        the file within a second."""
+        self._control.update(changes)
+        tmp = f'{self.control_path}.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(self._control, f)
+        os.replace(tmp, self.control_path)
+
+    def latency_result(self, request_id):
+        try:
+            with open(f'{self.stats_path}.latency-{request_id}.json') as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
 
     def stats(self):
         try:
@@ -220,8 +287,8 @@ class Worker:
                            + tail(self.log_path))
 
     def cpu(self):
-        t = self.ps.cpu_times()
-        return t.user + t.system
+        """``{thread id: ns on CPU}`` of the main process (:mod:`.cpu`)."""
+        return self.cpu_reader.read()
 
     def connections(self):
         try:
@@ -593,6 +660,23 @@ def machine_busy(t0, t1):
     return 100.0 * (busy(t1) - busy(t0)) / total if total > 0 else None
 
 
+def worker_cpu(before, after):
+    """CPU seconds of the worker's own threads between two snapshots, of
+    the benchmark's threads in it (``bench_tids``: its stats writer, a
+    latency sampler), and how many threads ended in between."""
+    bench = {str(t) for snap in (before, after) for t in snap['stats'].get('bench_tids') or ()}
+
+    def split(threads):
+        own = {t: v for t, v in threads.items() if t not in bench}
+        return own, {t: v for t, v in threads.items() if t in bench}
+
+    own0, bench0 = split(before['cpu'])
+    own1, bench1 = split(after['cpu'])
+    cpu, ended = cpu_delta(own0, own1)
+    bench_cpu, bench_ended = cpu_delta(bench0, bench1)
+    return cpu, bench_cpu, ended + bench_ended
+
+
 def measure(workers, broker, publishers, seconds, target_rate):
     """CPU and progress of *workers* over *seconds*; returns per-kind results."""
     before = snapshot(workers, broker, publishers)
@@ -621,7 +705,7 @@ def measure(workers, broker, publishers, seconds, target_rate):
     for w in workers:
         b, a = before['workers'][w.kind], after['workers'][w.kind]
         sb, sa = b['stats'], a['stats']
-        cpu = a['cpu'] - b['cpu']
+        cpu, bench_cpu, threads_ended = worker_cpu(b, a)
         stats_dt = sa.get('time', 0) - sb.get('time', 0)
         applied = (sa.get('applied', 0) - sb.get('applied', 0))
         # the counters are written by the worker's timer, once a second: if
@@ -631,6 +715,8 @@ def measure(workers, broker, publishers, seconds, target_rate):
         result = {
             'cpu_seconds': cpu,
             'cpu_pct': 100.0 * cpu / wall,
+            'bench_cpu_seconds': bench_cpu,   # not in cpu_seconds (psutil: cannot tell)
+            'threads_ended': threads_ended,
             'applied_rate': applied_rate,
             'us_per_heartbeat': (1e6 * cpu / heartbeats) if target_rate and heartbeats > 1 else None,
             'follow_ratio': (applied_rate / published) if published and applied_rate is not None else None,
@@ -719,6 +805,7 @@ def control_check(broker_url, workers, timeout=3.0):
             'gossip_stats_events_received': (gossip.get('events') or {}).get('received'),
             'gossip_stats_tracked_workers': gossip.get('tracked_workers'),
             'gossip_stats_receive_path': (gossip.get('receive') or {}).get('path'),
+            'max_delay': (gossip.get('receive') or {}).get('max_delay'),
             'implementation': gossip.get('implementation'),
         }
     return summary
@@ -726,8 +813,8 @@ def control_check(broker_url, workers, timeout=3.0):
 
 # -- phases ----------------------------------------------------------------------------------
 
-def start_workers(kinds, broker, folder, tag):
-    workers = [Worker(kind, broker.url, folder, tag).start() for kind in kinds]
+def start_workers(kinds, broker, folder, tag, max_delay=None):
+    workers = [Worker(kind, broker.url, folder, tag, max_delay).start() for kind in kinds]
     try:
         for w in workers:
             w.wait_ready()
@@ -752,29 +839,106 @@ def wait_applied(workers, seconds=10.0):
 
 
 def run_sizes(args, broker, workers, publishers, out):
-    """Idle window, then each cluster size, all *workers* side by side."""
+    """Each cluster size in turn (idle first), all *workers* side by side."""
     out['sizes'] = []
-    time.sleep(min(3.0, args.warmup))
-    log(f'{broker.label}: idle window {args.idle_window:.0f} s')
-    out['idle'] = measure(workers, broker, publishers, args.idle_window, 0)
-    log_window(broker.label, 'idle', out['idle'])
     for size in args.sizes:
-        rate = size / FREQ
-        publishers.set(rate, size)
-        log(f'{broker.label}: {size} simulated workers ({rate:.0f} heartbeats/s): '
-            f'warm-up {args.warmup:.0f} s, {args.repeats} x {args.window:.0f} s windows')
+        out['sizes'].append(run_size(args, broker, workers, publishers, size))
+
+
+def run_size(args, broker, workers, publishers, size):
+    """CPU windows for *size* simulated workers, then the remote-control
+    check and, for the latency sizes, a latency window of its own (its
+    sampling thread must not weigh on the CPU windows)."""
+    rate = size / FREQ
+    small = size <= SMALL_SIZE
+    seconds = args.small_window if small else args.window
+    what = f'{size} simulated workers ({rate:.0f} heartbeats/s)' if size else 'idle'
+    for w in workers:  # no liveness timer where nobody falls behind (app.py)
+        w.control(loop_tick=not small)
+    publishers.set(rate, size)
+    log(f'{broker.label}: {what}: warm-up {args.warmup:.0f} s, '
+        f'{args.repeats} x {seconds:.0f} s windows')
+    if size:
         wait_applied(workers)
-        time.sleep(args.warmup)
-        runs = []
-        for _ in range(args.repeats):
-            runs.append(measure(workers, broker, publishers, args.window, rate))
-            if args.repeats > 1:
-                log_window(broker.label, f'N={size} run {len(runs)}', runs[-1])
-        window = combine(runs)
-        window['size'] = size
-        window['control'] = control_check(broker.url, workers)
-        out['sizes'].append(window)
-        log_window(broker.label, f'N={size}', window)
+    time.sleep(args.warmup)
+    runs = []
+    for _ in range(args.repeats):
+        runs.append(measure(workers, broker, publishers, seconds, rate))
+        if args.repeats > 1:
+            log_window(broker.label, f'N={size} run {len(runs)}', runs[-1])
+    window = combine(runs)
+    window.update(size=size, loop_tick=not small)
+    window['control'] = control_check(broker.url, workers)
+    log_window(broker.label, f'N={size}', window)
+    if size in args.latency_sizes:
+        window['latency'] = measure_latency(args, broker, workers, publishers.prefix, size,
+                                            window['control'])
+    return window
+
+
+def latency_seconds(args, size):
+    """A latency window: long enough for ~LATENCY_SAMPLES heartbeats of
+    the tracked peers, within LATENCY_SECONDS (or --latency-window)."""
+    if args.latency_window:
+        return args.latency_window
+    per_second = min(size, LATENCY_TRACK) / FREQ
+    low, high = LATENCY_SECONDS
+    return min(high, max(low, LATENCY_SAMPLES / per_second))
+
+
+def measure_latency(args, broker, workers, prefix, size, control):
+    """Publish-to-applied latency in every worker, sampled over the same
+    seconds (``latency.py``); gossip_fast's p99 is checked against its
+    ``max_delay`` (from its ``gossip_stats``) + LATENCY_SLACK_MS."""
+    seconds = latency_seconds(args, size)
+    step = max(1, size // LATENCY_TRACK)
+    hosts = [sim_hostname(prefix, i) for i in range(0, size, step)][:LATENCY_TRACK]
+    request = {'id': uuid.uuid4().hex[:8], 'seconds': seconds, 'hosts': hosts,
+               'period': LATENCY_PERIOD}
+    log(f'{broker.label}: N={size}: latency window {seconds:.0f} s ({len(hosts)} peers tracked)')
+    for w in workers:
+        w.control(latency=request)
+    found = wait_latency_results(workers, request['id'], seconds)
+    out = {'seconds': seconds, 'tracked': len(hosts), 'period': LATENCY_PERIOD,
+           'workers': {w.kind: latency_summary(found.get(w.kind), control.get(w.kind) or {})
+                       for w in workers}}
+    log(f'{broker.label}: N={size} latency: ' + '; '.join(
+        f'{k}: p50 {r["p50_ms"]:.1f} ms, p99 {r["p99_ms"]:.1f} ms ({r["samples"]} samples)'
+        if r.get('p50_ms') is not None else f'{k}: {r.get("error", "no samples")}'
+        for k, r in out['workers'].items()))
+    return out
+
+
+def wait_latency_results(workers, request_id, seconds):
+    """``{kind: the sampler's result}`` once every worker wrote it (their
+    BenchStep sees a request within a second of it)."""
+    deadline = time.monotonic() + seconds + 15.0
+    found = {}
+    while len(found) < len(workers) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        for w in workers:
+            w.check()
+            if w.kind not in found:
+                got = w.latency_result(request_id)
+                if got is not None:
+                    found[w.kind] = got
+    return found
+
+
+def latency_summary(result, control):
+    """Percentiles of one worker's samples; for a batched receive path
+    (``control``: its remote-control check) the bound and whether p99 is
+    within it."""
+    if result is None:
+        return {'error': 'no result in time'}
+    r = summarize(result['samples_ms'])
+    r['hosts_seen'] = result['hosts_seen']
+    max_delay = control.get('max_delay')
+    if max_delay is not None and control.get('gossip_stats_receive_path') not in (None, 'kombu'):
+        r['max_delay'] = max_delay
+        r['bound_ms'] = 1e3 * max_delay + LATENCY_SLACK_MS
+        r['within_bound'] = r['p99_ms'] is not None and r['p99_ms'] <= r['bound_ms']
+    return r
 
 
 def combine(runs):
@@ -804,6 +968,8 @@ def combine(runs):
         w.update(
             cpu_seconds=cpu,
             cpu_pct=100.0 * cpu / wall,
+            bench_cpu_seconds=sum(x['bench_cpu_seconds'] for x in rs),
+            threads_ended=sum(x['threads_ended'] for x in rs),
             applied_rate=applied,
             us_per_heartbeat=(1e6 * cpu / heartbeats) if window['target_rate'] and heartbeats > 1 else None,
             follow_ratio=(applied / window['published_rate']
@@ -880,7 +1046,8 @@ def ramp_alone(args, broker, kind, folder, publishers, record):
             if worker is not None:
                 worker.stop()
             tag += 1
-            worker = start_workers([kind], broker, folder, f'{broker.kind}-ramp{tag}')[0]
+            worker = start_workers([kind], broker, folder, f'{broker.kind}-ramp{tag}',
+                                   args.max_delay)[0]
         previous_rate = rate
         window = ramp_step(args, broker, [worker], publishers, rate)
         steps.append(window)
@@ -925,6 +1092,8 @@ def ramp_alone(args, broker, kind, folder, publishers, record):
 def ramp_together(args, broker, workers, publishers, records):
     """The rate ladder with all *workers* side by side (quick mode)."""
     log(f'{broker.label}: highest sustainable rate, all workers side by side')
+    for w in workers:
+        w.control(loop_tick=True)  # a stalled event loop is one way to fall behind
     state = {w.kind: {'kind': w.kind, 'mode': 'together', 'max_rate': None,
                       'failed_at': None, 'bound': None, 'steps': []} for w in workers}
     records.extend(state.values())
@@ -957,7 +1126,7 @@ def ramp_together(args, broker, workers, publishers, records):
 def run_broker(args, broker, kinds, folder, publishers, out):
     """All phases on one broker; results go into *out* as they come."""
     log(f'{broker.label}: starting workers {", ".join(kinds)} side by side')
-    workers = start_workers(kinds, broker, folder, f'{broker.kind}-sizes')
+    workers = start_workers(kinds, broker, folder, f'{broker.kind}-sizes', args.max_delay)
     try:
         run_sizes(args, broker, workers, publishers, out)
         publishers.set(0, 0)
@@ -968,7 +1137,7 @@ def run_broker(args, broker, kinds, folder, publishers, out):
             w.stop()
     if not args.no_max_rate and args.ramp_mode == 'alone':
         records = out.setdefault('max_rate', [])
-        for kind in kinds:
+        for kind in [k for k in args.ramp_kinds if k in kinds]:
             record = {}
             records.append(record)
             ramp_alone(args, broker, kind, folder, publishers, record)
@@ -1032,7 +1201,9 @@ def main(argv=None):
         'settings': {k: v for k, v in vars(args).items() if k not in ('out_dir',)},
         'brokers': {},
         'criteria': {'follow_ratio': FOLLOW_RATIO, 'cpu_limit_pct': CPU_LIMIT,
-                     'backlog_seconds': BACKLOG_SECONDS, 'freq': FREQ},
+                     'backlog_seconds': BACKLOG_SECONDS, 'freq': FREQ,
+                     'small_size': SMALL_SIZE, 'latency_slack_ms': LATENCY_SLACK_MS},
+        'cpu_method': ProcessCPU(os.getpid()).method,
     }
     log(f'cluster benchmark ({results["mode"]}), logs in {folder}')
     try:
