@@ -1,0 +1,26 @@
+"""Wire-level building blocks of digest mode (docs/digest-mode.md).
+
+Pure functions and small value types, independent of the bootstep and of
+the compiled core, so the bootstep, the benchmarks and the tests share one
+definition of what goes on the wire:
+
+``names``
+    the digest exchange, its routing keys, and the Redis pub/sub channel
+    names kombu would use for them (``/{db}.`` fanout prefix,
+    ``global_keyprefix``), next to the stock ``celeryev`` ones.
+``codec``
+    encode/decode of the three digest-mode messages (relay digests, relay
+    snapshots, member announces); decoding validates everything and
+    never raises (``DigestDecoder`` counts and logs what it drops).
+``relays``
+    the relay selection rule (a stable hash rank of hostnames, sticky
+    relays), the succession order and when a worker takes over.
+"""
+from .codec import (  # noqa: F401
+    Announce, Digest, DigestDecoder, Member, PeerFields, Snapshot,
+    ViewHash, decode, encode, member_hash,
+)
+from .names import DigestNames  # noqa: F401
+from .relays import (  # noqa: F401
+    choose_relays, rank, ranked, should_publish, succession, takeover_after,
+)
