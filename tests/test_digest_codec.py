@@ -8,7 +8,7 @@ import pytest
 
 from gossip_fast.digest import codec
 from gossip_fast.digest.codec import (
-    Announce, Digest, DigestDecoder, Member, PeerFields, Snapshot, ViewHash,
+    Announce, Digest, DigestDecoder, Member, PeerFields, Pulse, Snapshot, ViewHash,
     decode, encode, member_hash,
 )
 
@@ -76,6 +76,15 @@ def test_announce_round_trip():
     plain = msg._replace(request=None)
     assert 'q' not in json.loads(encode(plain))
     assert decode(encode(plain))[0] == plain
+
+
+def test_pulse_round_trip():
+    msg = Pulse('relay@a', 11, 5, 1_700_000_000.0, 2, 9, 100, 12345, ('relay@a', 's@b'), 1.0)
+    body = encode(msg)
+    assert len(body) < 200
+    back, reason = decode(body)
+    assert reason is None and back == msg and back.kind == 'p'
+    assert decode(_mutated(msg, r=[])) == (None, 'bad_field:r')
 
 
 def test_non_ascii_and_odd_hostnames_round_trip():

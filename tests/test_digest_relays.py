@@ -38,7 +38,7 @@ def test_eligible_needs_both_flags():
 
 
 def test_choose_relays_fills_by_rank():
-    candidates = hosts(20)
+    candidates = [f'w{i}@node{i}' for i in range(20)]  # one per machine
     assert choose_relays(candidates, 2) == tuple(ranked(candidates)[:2])
     assert choose_relays(candidates[:1], 3) == (candidates[0],)
     assert choose_relays([], 2) == ()
@@ -58,6 +58,26 @@ def test_choose_relays_is_sticky():
     assert choose_relays(set(candidates) | {newcomer}, 2, current) == current
     # k shrinks: the first in order stay
     assert choose_relays(candidates, 1, current) == (best[5],)
+
+
+def test_choose_relays_spreads_over_machines():
+    candidates = [f'w{i}@a' for i in range(10)] + ['x@b', 'y@b', 'z@c']
+    chosen = choose_relays(candidates, 3)
+    assert {relays.node_of(h) for h in chosen} == {'a', 'b', 'c'}
+    # the best-ranked of each machine, in rank order
+    best = {}
+    for h in ranked(candidates):
+        best.setdefault(relays.node_of(h), h)
+    assert chosen == tuple(ranked(best.values()))
+    # more relays than machines: the rest by rank
+    five = choose_relays(candidates, 5)
+    assert five[:3] == chosen and len(set(five)) == 5
+    # sticky relays keep their place even if on one machine
+    assert choose_relays(candidates, 2, ('w1@a', 'w2@a')) == ('w1@a', 'w2@a')
+    assert choose_relays(candidates, 3, ('w1@a',))[1:] == tuple(
+        h for h in ranked(candidates) if relays.node_of(h) != 'a'
+        and h == best[relays.node_of(h)])[:2]
+    assert relays.node_of('plain') == 'plain'
 
 
 def test_succession_puts_relays_first():
@@ -171,7 +191,13 @@ def test_subscriptions_by_role():
     patterns, channels = n.redis_subscriptions('relay', 'r@x')
     assert patterns == ['/0.celeryev/worker.*']
     assert set(channels) == {'/0.celeryev.digest/digest', '/0.celeryev.digest/announce',
+                             '/0.celeryev.digest/pulse',
                              '/0.celeryev.digest/' + n.snapshot_key('r@x')}
+    _, successor = n.redis_subscriptions('successor', 'w@x')
+    _, member = n.redis_subscriptions('member', 'w@x')
+    assert set(successor) - set(member) == {'/0.celeryev.digest/pulse'}
+    assert ('celeryev.digest', 'pulse') in n.amqp_bindings('successor', 'w@x')
+    assert ('celeryev.digest', 'pulse') not in n.amqp_bindings('member', 'w@x')
     member = n.amqp_bindings('member', 'w@x')
     assert ('celeryev', 'worker.#') not in member
     assert ('celeryev', 'worker.elect') in member and ('celeryev', 'worker.elect.ack') in member

@@ -9,15 +9,15 @@ definition of what goes on the wire:
     names kombu would use for them (``/{db}.`` fanout prefix,
     ``global_keyprefix``), next to the stock ``celeryev`` ones.
 ``codec``
-    encode/decode of the three digest-mode messages (relay digests, relay
-    snapshots, member announces); decoding validates everything and
+    encode/decode of the digest-mode messages (relay digests, snapshots
+    and pulses, member announces); decoding validates everything and
     never raises (``DigestDecoder`` counts and logs what it drops).
 ``relays``
     the relay selection rule (a stable hash rank of hostnames, sticky
     relays), the succession order and when a worker takes over.
 """
 from .codec import (  # noqa: F401
-    Announce, Digest, DigestDecoder, Member, PeerFields, Snapshot,
+    Announce, Digest, DigestDecoder, Member, PeerFields, Pulse, Snapshot,
     ViewHash, decode, encode, member_hash,
 )
 from .names import DigestNames  # noqa: F401

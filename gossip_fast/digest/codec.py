@@ -1,17 +1,17 @@
 """Encode and decode digest-mode messages (format v1, docs/digest-mode.md).
 
-Three kinds of message, each one JSON object (compact separators) sent as
+Four kinds of message, each one JSON object (compact separators) sent as
 the body of a kombu message on the digest exchange, content type
 ``application/x-gossip-fast-digest``; a body over :data:`COMPRESS_ABOVE`
 bytes is zlib-compressed (the first byte tells: ``{`` JSON, ``x`` zlib).
 
 Every message::
 
-    v   format version (1)             k   kind: "d", "s" or "a"
+    v   format version (1)             k   kind: "d", "s", "p" or "a"
     h   sender hostname                p   sender pid
     c   sender's Lamport clock         ts  sender's wall time (unix seconds)
 
-Relay messages (``d`` digest, ``s`` snapshot) add::
+Relay messages (``d`` digest, ``s`` snapshot, ``p`` pulse) add::
 
     g   term: +1 at every takeover     s   sequence number in this term (>= 1)
     n   members after applying         x   membership hash, 16 hex digits
@@ -33,6 +33,9 @@ A snapshot (``s``) carries every member and the per-peer heartbeat fields
     m   [[host, pid, freq, flags, inc, active, processed, loadavg, sw], ...]
     w   [[sw_ident, sw_ver, sw_sys], ...]      sw is an index in this table
     q   the request it answers (null: unrequested)
+
+A pulse (``p``, relay -> its successors, every second) has only the
+relay header: it says the relay is alive and where its stream is.
 
 An announce (``a``, member -> relays)::
 
@@ -56,7 +59,7 @@ from typing import NamedTuple, Optional, Tuple
 from celery.utils.log import get_logger
 
 __all__ = ('VERSION', 'CONTENT_TYPE', 'FLAG_DIGEST', 'FLAG_ELIGIBLE',
-           'Member', 'PeerFields', 'Digest', 'Snapshot', 'Announce',
+           'Member', 'PeerFields', 'Digest', 'Snapshot', 'Pulse', 'Announce',
            'member_hash', 'ViewHash', 'encode', 'decode', 'DigestDecoder')
 
 logger = get_logger(__name__)
@@ -139,6 +142,20 @@ class Snapshot(NamedTuple):
     fields: Tuple[PeerFields, ...] = ()   # one per member, same order
     request: Optional[str] = None
     kind = 's'
+
+
+class Pulse(NamedTuple):
+    hostname: str
+    pid: int
+    clock: int
+    time: float
+    term: int
+    seq: int
+    count: int
+    hash: int
+    relays: Tuple[str, ...]
+    interval: float
+    kind = 'p'
 
 
 class Announce(NamedTuple):
@@ -243,6 +260,8 @@ def encode(msg, compress=None):
                          f.processed, list(f.loadavg) if f.loadavg is not None else None,
                          sw])
         out.update(m=rows, w=table, q=msg.request)
+    elif msg.kind == 'p':
+        out = _relay_header(msg)
     elif msg.kind == 'a':
         out = _header(msg)
         out.update(f=msg.flags, g=msg.term, s=msg.seq, n=msg.count,
@@ -415,6 +434,9 @@ def _parse(obj):
             raise _Bad('bad_field:q')
         return Snapshot(hostname, pid, clock, stamp, term, seq, count, digest,
                         relays, interval, members, fields, request)
+    if kind == 'p':
+        term, seq, count, digest, relays, interval = _relay_common(obj)
+        return Pulse(hostname, pid, clock, stamp, term, seq, count, digest, relays, interval)
     if kind == 'a':
         flags = _int(obj, 'f', 0, _FLAGS_MAX + 1)
         term = _int(obj, 'g')

@@ -9,7 +9,10 @@ queues never get them either.
 Routing keys on the digest exchange:
 
 ``digest``
-    relay -> everyone in digest mode: the deltas, once per digest interval.
+    relay -> everyone in digest mode: the changes (at most one digest per
+    digest interval; an empty one as keepalive when nothing changed).
+``pulse``
+    relay -> its successors (the next in line), every second: "I am alive".
 ``announce``
     member -> relays: "I run digest mode" (and snapshot requests).
 ``snapshot.<16 hex digits>``
@@ -35,6 +38,7 @@ WORKER_KEY = 'worker.#'
 #: what a member still gets from ``celeryev``: the election messages
 ELECT_KEYS = ('worker.elect', 'worker.elect.ack')
 DIGEST_KEY = 'digest'
+PULSE_KEY = 'pulse'
 ANNOUNCE_KEY = 'announce'
 SNAPSHOT_PREFIX = 'snapshot.'
 EXCHANGE_SUFFIX = '.digest'
@@ -89,11 +93,21 @@ class DigestNames:
     # -- routing keys ---------------------------------------------------------------
 
     digest_key = DIGEST_KEY
+    pulse_key = PULSE_KEY
     announce_key = ANNOUNCE_KEY
 
     @staticmethod
     def snapshot_key(hostname):
         return SNAPSHOT_PREFIX + snapshot_suffix(hostname)
+
+    def kombu_exchange(self, transport):
+        """The digest exchange as kombu declares it: topic on RabbitMQ
+        (durable, like ``celeryev``: a broker restart keeps the bindings'
+        exchange), fanout on Redis (pub/sub, as Celery's
+        ``get_exchange`` makes ``celeryev``)."""
+        from kombu import Exchange
+        kind = 'fanout' if transport in ('redis', 'gcpubsub') else 'topic'
+        return Exchange(self.exchange, type=kind, durable=True, auto_delete=False)
 
     # -- where digest mode works ------------------------------------------------------
 
@@ -113,16 +127,20 @@ class DigestNames:
         """``[(exchange, routing_key), ...]`` for the worker's one queue.
 
         A relay keeps the stock binding (every ``worker.*`` event) and takes
-        the digests (to follow the publisher) and the announces; a member
-        takes only the elections, the digests and its own snapshots."""
+        the digests and pulses (to follow another publisher) and the
+        announces; a member takes only the elections, the digests and its
+        own snapshots; a successor (next in line) also the pulses."""
         own = self.snapshot_key(hostname)
         if role == 'relay':
             return [(self.event_exchange, WORKER_KEY),
-                    (self.exchange, DIGEST_KEY), (self.exchange, ANNOUNCE_KEY),
-                    (self.exchange, own)]
-        if role == 'member':
-            return ([(self.event_exchange, key) for key in ELECT_KEYS]
-                    + [(self.exchange, DIGEST_KEY), (self.exchange, own)])
+                    (self.exchange, DIGEST_KEY), (self.exchange, PULSE_KEY),
+                    (self.exchange, ANNOUNCE_KEY), (self.exchange, own)]
+        if role in ('member', 'successor'):
+            out = ([(self.event_exchange, key) for key in ELECT_KEYS]
+                   + [(self.exchange, DIGEST_KEY), (self.exchange, own)])
+            if role == 'successor':
+                out.append((self.exchange, PULSE_KEY))
+            return out
         raise ValueError(f'unknown role {role!r}')
 
     # -- Redis --------------------------------------------------------------------------
@@ -144,10 +162,14 @@ class DigestNames:
         """``(patterns, channels)``: what the worker PSUBSCRIBEs and SUBSCRIBEs."""
         own = self.redis_channel(self.exchange, self.snapshot_key(hostname))
         digest = self.redis_channel(self.exchange, DIGEST_KEY)
+        pulse = self.redis_channel(self.exchange, PULSE_KEY)
         if role == 'relay':
             return ([self.redis_pattern(self.event_exchange, WORKER_KEY)],
-                    [digest, self.redis_channel(self.exchange, ANNOUNCE_KEY), own])
-        if role == 'member':
-            return ([], [self.redis_channel(self.event_exchange, key) for key in ELECT_KEYS]
-                    + [digest, own])
+                    [digest, pulse, self.redis_channel(self.exchange, ANNOUNCE_KEY), own])
+        if role in ('member', 'successor'):
+            channels = ([self.redis_channel(self.event_exchange, key) for key in ELECT_KEYS]
+                        + [digest, own])
+            if role == 'successor':
+                channels.append(pulse)
+            return [], channels
         raise ValueError(f'unknown role {role!r}')

@@ -7,11 +7,13 @@ its view), so no extra agreement round is needed:
 * :func:`rank` -- a stable 64-bit hash of the hostname (blake2b, the same
   on every platform, run and implementation; Python's ``hash()`` is
   salted per process).  Lower rank = earlier in line.
-* :func:`choose_relays` -- what the publisher announces in ``r``: the
-  current relays that are still alive and eligible, in their order
-  (sticky: a newcomer with a low rank does not displace a working relay,
-  which would cost a handover), then vacancies filled by rank among the
-  alive eligible members.
+* :func:`choose_relays` -- what the publisher announces in ``r``: itself
+  and its successors.  The current ones that are still alive and eligible
+  keep their place (sticky: a newcomer with a low rank does not displace a
+  working relay, which would cost a handover); vacancies are filled by
+  rank among the alive eligible members, preferring machines (the part of
+  the hostname after ``@``) not in the list yet, so that one machine going
+  down does not take the relay and its successors with it.
 * :func:`succession` -- the takeover order: ``r`` first, then every other
   eligible member by rank.
 * :func:`takeover_after` / :func:`should_publish` -- position ``p`` in
@@ -25,7 +27,7 @@ from hashlib import blake2b
 
 from .codec import FLAG_DIGEST, FLAG_ELIGIBLE
 
-__all__ = ('rank', 'ranked', 'eligible', 'choose_relays', 'succession',
+__all__ = ('rank', 'ranked', 'eligible', 'node_of', 'choose_relays', 'succession',
            'takeover_after', 'should_publish')
 
 _ELIGIBLE = FLAG_DIGEST | FLAG_ELIGIBLE
@@ -55,15 +57,31 @@ def eligible(members):
     return {h for h, flags in pairs if flags & _ELIGIBLE == _ELIGIBLE}
 
 
+def node_of(hostname):
+    """The machine part of a Celery hostname (``name@node``)."""
+    return hostname.partition('@')[2] or hostname
+
+
 def choose_relays(candidates, k, current=()):
     """The relay list to publish: ``current`` relays still in *candidates*
-    (eligible and alive), in order, then the best-ranked other candidates,
-    ``k`` at most."""
+    (eligible and alive), in order, then the best-ranked other candidates
+    (those on machines not in the list yet first), ``k`` at most."""
     candidates = set(candidates)
     chosen = [h for h in dict.fromkeys(current) if h in candidates][:k]
     if len(chosen) < k:
-        taken = set(chosen)
-        chosen += [h for h in ranked(candidates - taken)][:k - len(chosen)]
+        nodes = {node_of(h) for h in chosen}
+        rest = ranked(candidates - set(chosen))
+        fresh = [h for h in rest if node_of(h) not in nodes]
+        # one per machine first (in rank order), then the others by rank
+        seen = set()
+        first = []
+        for h in fresh:
+            node = node_of(h)
+            if node not in seen:
+                seen.add(node)
+                first.append(h)
+        picked = set(first)
+        chosen += (first + [h for h in rest if h not in picked])[:k - len(chosen)]
     return tuple(chosen)
 
 
