@@ -380,8 +380,8 @@ def subscriber_specs(kind, mode, s, relays=RELAYS, names=None):
     names = names or DigestNames()
     specs = []
     for j, hostname in enumerate(subscriber_names(s)):
-        if mode == 'stock':
-            role = 'stock'
+        if mode in ('stock', 'exact'):
+            role = mode
         elif j < min(relays, s):
             role = 'relay'
         else:
@@ -390,16 +390,21 @@ def subscriber_specs(kind, mode, s, relays=RELAYS, names=None):
             if role == 'stock':
                 specs.append({'patterns': [names.redis_pattern(names.event_exchange, 'worker.#')],
                               'channels': [], 'role': role})
+            elif role == 'exact':  # the same deliveries through SUBSCRIBE, for comparison
+                specs.append({'patterns': [], 'role': role, 'channels': [
+                    names.redis_channel(names.event_exchange, 'worker.heartbeat')]})
             else:
                 patterns, channels = names.redis_subscriptions(role, hostname)
                 specs.append({'patterns': patterns, 'channels': channels, 'role': role})
         else:
-            if role == 'stock':
-                bindings = [(names.event_exchange, 'worker.#')]
+            if role in ('stock', 'exact'):
+                bindings = [(names.event_exchange, 'worker.#' if role == 'stock'
+                             else 'worker.heartbeat')]
             else:
                 bindings = names.amqp_bindings(role, hostname)
             specs.append({'bindings': bindings, 'role': role,
-                          'ttl_ms': STOCK_TTL_MS if role in ('stock', 'relay') else MEMBER_TTL_MS})
+                          'ttl_ms': STOCK_TTL_MS if role in ('stock', 'exact', 'relay')
+                          else MEMBER_TTL_MS})
     return specs
 
 
@@ -563,7 +568,10 @@ def parse_args(argv=None):
                    help='smoke run (~2 min): 1 and 50 subscribers, short windows')
     p.add_argument('--brokers', default='redis,amqp', help='comma list of redis, amqp')
     p.add_argument('--subscribers', help='comma list of S (default 1,50,200,500; quick 1,50)')
-    p.add_argument('--modes', default='stock,digest', help='comma list of stock, digest')
+    p.add_argument('--modes', default='stock,digest',
+                   help='comma list of stock, digest, exact (exact: stock\'s deliveries through '
+                        'SUBSCRIBE of the heartbeat channel / binding of its key, to compare '
+                        'with PSUBSCRIBE / worker.#)')
     p.add_argument('--rate', type=float, default=1000.0,
                    help='heartbeats published per second (default 1000: a 2,000-worker cluster)')
     p.add_argument('--max-deliveries', default='redis=600000,amqp=40000',
@@ -575,9 +583,9 @@ def parse_args(argv=None):
     p.add_argument('--churn', type=float, default=1.0,
                    help='digest mode: members joining or lost per second (default 1)')
     p.add_argument('--warmup', type=float, help='seconds before each window (default 3; quick 2)')
-    p.add_argument('--window', type=float, help='seconds of each window (default 6; quick 4)')
+    p.add_argument('--window', type=float, help='seconds of each window (default 5; quick 4)')
     p.add_argument('--repeats', type=int, help='windows per point, back to back; the table '
-                                               'gives their median (default 3; quick 1)')
+                                               'gives their median (default 4; quick 1)')
     p.add_argument('--idle-window', type=float,
                    help='seconds of the idle window before each point (default 4; quick 2)')
     p.add_argument('--erl-args', default='',
@@ -598,8 +606,8 @@ def parse_args(argv=None):
     args.modes = [m.strip() for m in args.modes.split(',') if m.strip()]
     args.subscribers = [int(s) for s in default(args.subscribers, '1,50,200,500', '1,50').split(',')]
     args.warmup = default(args.warmup, 3.0, 2.0)
-    args.window = default(args.window, 6.0, 4.0)
-    args.repeats = default(args.repeats, 3, 1)
+    args.window = default(args.window, 5.0, 4.0)
+    args.repeats = default(args.repeats, 4, 1)
     args.idle_window = default(args.idle_window, 4.0, 2.0)
     caps = {}
     for item in args.max_deliveries.split(','):
@@ -696,12 +704,12 @@ def run_point(args, broker, pool, publishers, mode, s, prefix):
     from benchmarks.cluster.run import machine_busy
     cap = args.max_deliveries.get(broker.kind)
     rate = args.rate
-    if mode == 'stock' and cap and rate * s > cap:
+    if mode in ('stock', 'exact') and cap and rate * s > cap:
         rate = math.floor(cap / s)
     size = int(args.rate * FREQ)         # the simulated cluster (hostnames cycled)
     specs = subscriber_specs(broker.kind, mode, s, args.relays)
     roles = {r: sum(1 for sp in specs if sp['role'] == r)
-             for r in ('stock', 'relay', 'successor', 'member')}
+             for r in ('stock', 'exact', 'relay', 'successor', 'member')}
     label = f'{broker.label} {mode} S={s}'
     open_s = pool.open(broker.kind, broker.url, specs, args.read_interval)
     log(f'{label}: {s} subscribers open in {open_s:.1f} s ({roles})')
@@ -744,7 +752,7 @@ def run_point(args, broker, pool, publishers, mode, s, prefix):
     if traffic:
         digest_per_s = {k: _median([w['digest_per_s'][k] for w in windows])
                         for k in windows[0]['digest_per_s']}
-    if mode == 'stock':
+    if mode in ('stock', 'exact'):
         expected = published * s
     else:
         expected = published * roles['relay'] + (

@@ -90,8 +90,9 @@ def markdown(results):
                   'delivered (% of expected) | subscribers\' CPU | publisher CPU | '
                   'machine busy (idle window) | load avg | MB/s read |',
                   '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
-        for s in sorted(set(stock) | set(digest)):
-            for mode, pts in (('stock', stock), ('digest', digest)):
+        exact = _points(results, broker, 'exact')
+        for s in sorted(set(stock) | set(digest) | set(exact)):
+            for mode, pts in (('stock', stock), ('exact', exact), ('digest', digest)):
                 p = pts.get(s)
                 if not p:
                     continue
@@ -110,6 +111,13 @@ def markdown(results):
                           'first of each kind): ' + ', '.join(
                               f'{k} {_f(v, "{:,.2f}")}/s ({sizes.get(k, "-")} B)'
                               for k, v in t['per_s'].items()) + '.']
+        if exact:
+            lines += ['', '*exact*: the stock stream delivered through SUBSCRIBE of the heartbeat '
+                          'channel (Redis) / a binding of `worker.heartbeat` (RabbitMQ) instead of '
+                          'the pattern, same number of deliveries: ' + ', '.join(
+                              f'S={s}: {_f(p["us_per_heartbeat_net"])} us net per heartbeat '
+                              f'(stock {_f(stock.get(s, {}).get("us_per_heartbeat_net"))})'
+                              for s, p in sorted(exact.items())) + '.']
         errors = [p for p in results['points'] if p['broker'] == broker and 'error' in p]
         for p in errors:
             lines.append(f'\nFAILED: {p["mode"]} S={p["subscribers"]}: {p["error"]}')
@@ -143,7 +151,7 @@ def plot(results, path):
         return None
     fig, axes = plt.subplots(2, len(brokers), figsize=(5.5 * len(brokers), 8), squeeze=False)
     for col, broker in enumerate(brokers):
-        for mode, style in (('stock', 'o-'), ('digest', 's-')):
+        for mode, style in (('stock', 'o-'), ('exact', 'x--'), ('digest', 's-')):
             pts = _points(results, broker, mode)
             xs = sorted(pts)
             if not xs:

@@ -113,6 +113,19 @@ def test_should_publish_positions():
     assert not should_publish('m2@x', order, heard, 106.0, fail, stagger, since)
 
 
+def test_members_beyond_the_successors_wait_longer():
+    order = ('p@x', 's1@x', 's2@x', 's3@x', 'm4@x', 'm5@x')
+    assert takeover_after(4, 25.0, 1.5, first=4) == 25.0
+    assert takeover_after(5, 25.0, 1.5, first=4) == 26.5
+    heard = {'p@x': 0.0}
+    assert not should_publish('m4@x', order, heard, 24.9, 25.0, 1.5, 0.0, first=4)
+    assert should_publish('m4@x', order, heard, 25.0, 25.0, 1.5, 0.0, first=4)
+    assert not should_publish('m5@x', order, heard, 26.4, 25.0, 1.5, 0.0, first=4)
+    # a successor that took over is heard: the members stay quiet
+    heard['s2@x'] = 5.0
+    assert not should_publish('m4@x', order, heard, 25.0, 25.0, 1.5, 0.0, first=4)
+
+
 def test_own_outage_is_not_the_relays_silence():
     order = ('p@x', 's@x')
     # last heard long ago, but we reconnected only 1 s ago: wait

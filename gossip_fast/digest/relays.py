@@ -18,10 +18,13 @@ its view), so no extra agreement round is needed:
   eligible member by rank.
 * :func:`takeover_after` / :func:`should_publish` -- position ``p`` in
   the order publishes once nobody at positions ``< p`` has been heard for
-  ``fail_after + (p - 1) * stagger`` seconds (position 0 always
-  publishes).  The stagger is longer than one digest interval plus
-  delivery, so the next in line is heard before the one after it gives up
-  waiting: one takeover, not a storm.
+  ``fail_after + (p - first) * stagger`` seconds (position 0 always
+  publishes).  Successors (positions 1..S, they get the relay's pulses)
+  use ``first=1`` and the pulse timeout; the other members (positions > S,
+  they only get digests) ``first=S+1`` and the longer digest timeout.  The
+  stagger is longer than a relay tick plus delivery, so the next in line
+  is heard before the one after it gives up waiting: one takeover, not a
+  storm.
 """
 from hashlib import blake2b
 
@@ -92,28 +95,29 @@ def succession(relays, candidates):
     return relays + tuple(ranked(set(candidates) - set(relays)))
 
 
-def takeover_after(position, fail_after, stagger):
+def takeover_after(position, fail_after, stagger, first=1):
     """Seconds of silence from everyone ahead after which *position*
     publishes (None for position 0: it always does)."""
     if position <= 0:
         return None
-    return fail_after + (position - 1) * stagger
+    return fail_after + max(0, position - first) * stagger
 
 
-def should_publish(me, order, last_heard, now, fail_after, stagger, since):
+def should_publish(me, order, last_heard, now, fail_after, stagger, since, first=1):
     """True if *me* should publish digests now.
 
     *order*: the succession order; *last_heard*: ``{hostname: time}`` of
     the last digest received from each publisher; *since*: when this
     worker could first have heard them (its subscription start or last
     reconnect: its own outage is not the relays' silence).  A worker not
-    in *order* never publishes.
+    in *order* never publishes.  *first*: the first position that
+    *fail_after* applies to (see the module docstring).
     """
     try:
         position = order.index(me)
     except ValueError:
         return False
-    wait = takeover_after(position, fail_after, stagger)
+    wait = takeover_after(position, fail_after, stagger, first)
     if wait is None:
         return True
     heard = since
