@@ -56,7 +56,8 @@ def markdown(results):
         f'{results["design"]["relays"]} relay(s) subscribe so, the other workers only to the '
         'election keys, the digest and their own snapshot key, with the relays\' digest, '
         'announce and snapshot traffic simulated at the designed rate and size.  Broker '
-        'CPU is the broker\'s whole process tree (psutil) over the window, per heartbeat '
+        'CPU is the broker\'s whole process tree (the scheduler\'s ns counters) over each '
+        'window (median of the windows), per heartbeat '
         'published in it; *net* subtracts the broker\'s idle CPU with the same subscribers '
         'connected (measured just before).  Deliveries are counted by the subscribers.',
         '',

@@ -20,8 +20,9 @@ Relay messages (``d`` digest, ``s`` snapshot, ``p`` pulse) add::
 
 A digest (``d``) carries the changes since (``bg``, ``b``), the term and
 sequence number they apply to (normally the previous digest), as the final
-state of each changed host, so applying it twice, or over a later state,
-changes nothing::
+state of each changed host: applied to any state between its base and
+itself it gives the same view, so a relay can repeat changes whose digest
+may have been lost by making the next one cumulative::
 
     j   [[host, pid, freq, flags, inc], ...]   present: joined or changed
     l   [host, ...]                            left (worker-offline)
