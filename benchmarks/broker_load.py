@@ -582,6 +582,9 @@ def parse_args(argv=None):
                         'and warm standbys; default %(default)s)')
     p.add_argument('--churn', type=float, default=1.0,
                    help='digest mode: members joining or lost per second (default 1)')
+    p.add_argument('--no-digest-traffic', action='store_true',
+                   help='digest mode without the relay\'s digests, pulses, announces and '
+                        'snapshots (to tell their cost from the subscriptions\')')
     p.add_argument('--warmup', type=float, help='seconds before each window (default 3; quick 2)')
     p.add_argument('--window', type=float, help='seconds of each window (default 5; quick 4)')
     p.add_argument('--repeats', type=int, help='windows per point, back to back; the table '
@@ -721,7 +724,7 @@ def run_point(args, broker, pool, publishers, mode, s, prefix):
     idle_pct = 100.0 * (idle1['broker_cpu'] - idle0['broker_cpu']) / idle_wall
 
     traffic = None
-    if mode == 'digest':
+    if mode == 'digest' and not args.no_digest_traffic:
         members = [h for h, sp in zip(subscriber_names(s), specs)
                    if sp['role'] in ('member', 'successor')]
         traffic = DigestTraffic(broker.url, cluster_hosts(prefix, size), members, args.churn,
@@ -754,6 +757,8 @@ def run_point(args, broker, pool, publishers, mode, s, prefix):
                         for k in windows[0]['digest_per_s']}
     if mode in ('stock', 'exact'):
         expected = published * s
+    elif digest_per_s is None:
+        expected = published * roles['relay']
     else:
         expected = published * roles['relay'] + (
             digest_per_s['digest'] * s
