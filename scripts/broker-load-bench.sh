@@ -3,7 +3,7 @@
 # second against the number of subscribing workers, stock gossip vs digest mode
 # (docs/digest-mode.md), on Redis and RabbitMQ.
 #
-#   scripts/broker-load-bench.sh            # full run, ~9 min on 2 cores
+#   scripts/broker-load-bench.sh            # full run, ~8 min on 2 cores
 #   scripts/broker-load-bench.sh --quick    # smoke run, ~2 min
 #   scripts/broker-load-bench.sh --help     # every option (subscribers, rate, windows, ...)
 #

@@ -15,12 +15,23 @@ definition of what goes on the wire:
 ``relays``
     the relay selection rule (a stable hash rank of hostnames, sticky
     relays), the succession order and when a worker takes over.
+``view``
+    the member's view of the cluster (applies digests and snapshots) and
+    the relay's change log (builds digests), as pure state machines.
 """
-from .codec import (  # noqa: F401
+from .codec import (
     Announce, Digest, DigestDecoder, Member, PeerFields, Pulse, Snapshot,
     ViewHash, decode, encode, member_hash,
 )
-from .names import DigestNames  # noqa: F401
-from .relays import (  # noqa: F401
+from .names import DigestNames
+from .relays import (
     choose_relays, rank, ranked, should_publish, succession, takeover_after,
+)
+from .view import Applied, ChangeLog, MemberView
+
+__all__ = (
+    'Announce', 'Digest', 'DigestDecoder', 'Member', 'PeerFields', 'Pulse',
+    'Snapshot', 'ViewHash', 'decode', 'encode', 'member_hash', 'DigestNames',
+    'choose_relays', 'rank', 'ranked', 'should_publish', 'succession',
+    'takeover_after', 'Applied', 'ChangeLog', 'MemberView',
 )
