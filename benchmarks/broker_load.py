@@ -21,16 +21,20 @@ loopback) and each number S of subscribing workers (1, 50, 200, 500):
   ``digest``
       as docs/digest-mode.md designs it: one relay (``--relays``: the
       publishing relay and any warm standbys) with the stock subscription
-      plus the digest exchange's ``digest``, ``announce`` and its own
-      ``snapshot.<id>`` keys; the others (members) only the
-      election keys on ``celeryev`` (``worker.elect``, ``worker.elect.ack``)
-      and ``digest`` + their own ``snapshot.<id>`` (Redis: SUBSCRIBE of
-      exact channels, no pattern).  The relays' own traffic is simulated
-      at the designed rate and size (:class:`DigestTraffic`): one digest a
-      second (the changes of ``--churn`` members a second, made by
-      ``gossip_fast.digest.codec``), an announce from every member every
-      60 s (to the relays), and one snapshot of the whole cluster per
-      joining member (to that member).
+      plus the digest exchange's ``digest``, ``pulse``, ``announce`` and its
+      own ``snapshot.<id>`` keys; three successors and the other workers
+      (members) only the election keys on ``celeryev`` (``worker.elect``,
+      ``worker.elect.ack``) and ``digest`` + their own ``snapshot.<id>``
+      (successors also ``pulse``; Redis: SUBSCRIBE of exact channels, no
+      pattern).  The relay's and members' own traffic is simulated with
+      the designed timers and sizes (:class:`DigestTraffic`): a pulse a
+      second, the changes of ``--churn`` members a second in a digest every
+      2 s (made by ``gossip_fast.digest.codec``), a snapshot of the whole
+      cluster per joining member, an announce from every member every 300 s.
+  ``exact`` (not in the default run)
+      stock's deliveries through SUBSCRIBE of the exact heartbeat channel
+      (RabbitMQ: a ``worker.heartbeat`` binding), to compare with the
+      pattern.
 
 Measured over ``--repeats`` windows after a warm-up (the table gives their
 median): the broker's CPU time (its whole process tree: ``redis-server``;
