@@ -7,7 +7,7 @@ reported, and why, lives in one place.
 
 The start line (INFO, logger of the Gossip step's module)::
 
-    gossip_fast 0.1.0: core cython, receive redis (batched, max delay 0.1 s)
+    gossip_fast 0.1.0: core cython, receive redis (batched, max delay 0.25 s)
     gossip_fast 0.1.0: core python (GOSSIP_FAST_NO_EXTENSIONS is set), receive
         kombu (classic mode: GOSSIP_FAST_RECEIVE=classic; no batching delay)
 

@@ -38,7 +38,7 @@ comes after ``catchup_delay`` instead of ``max_delay``; of the heartbeats
 kept, those that a newer heartbeat of the same sender supersedes are shed
 (then, above ``max_pending``, the oldest) and counted in ``shed``; other
 events are always kept, in order.  A drain over budget may overrun it by
-the time to split ``max_read`` bytes into deliveries (about 1-2 us each).
+the time to split ``max_read`` bytes into deliveries.
 What it did not read waits in the kernel, then in RabbitMQ: TCP
 backpressure stops the deliveries and the queue's message TTL (the
 heartbeat interval, as stock) expires them there, so the broker's memory
@@ -502,7 +502,7 @@ class AMQPReader(Reader):
         that header (kombu's producer: content type, encoding, a headers
         table of one ``hostname`` long string, delivery mode, priority), so
         in a cluster of more senders than the cache holds, py-amqp's decode
-        (about 7 us) would run for nearly every event.  A template is
+        (several microseconds) would run for nearly every event.  A template is
         learnt from each such decode (``_learn``; the newest ``templates``
         are kept): the bytes before the
         headers table (flags, content type, encoding) and after it (the

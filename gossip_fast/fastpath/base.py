@@ -142,7 +142,7 @@ class Reader:
         self.longest_drain = 0.0
         self.handler_errors = 0
         self._coalesce_at = 0  # backlog size for the next shedding pass
-        # the compiled core has the same pass, compiled (src/_fastpath.pxi)
+        # the compiled core has the same pass, compiled (src/shedding.pyx)
         core = getattr(gossip, 'core', None)
         self._coalesce = getattr(core, 'coalesce', coalesce)
         # held events out of the cyclic GC's sight (see the core's held())

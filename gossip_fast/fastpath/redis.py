@@ -4,7 +4,9 @@ The stock Gossip consumer gets each event through kombu: redis-py parses the
 pub/sub reply, kombu decodes its JSON envelope and base64 body into a
 ``Message``, and the worker's event loop wakes up once per event.  This
 reader subscribes to the same pub/sub topics on a connection of its own and
-drains it in batches (every ``max_delay`` seconds, from the worker's timer):
+drains it in batches when the worker's event loop finds its socket readable
+(:mod:`.loop`).  Why each choice below was made, with the measurements, is
+in docs/receive-path.md.
 
 * **Connection**: opened with kombu's own recipe: the channel's
   ``_get_pool()`` (so ``_connparams()``: host, port, db, username/password,
@@ -16,7 +18,7 @@ drains it in batches (every ``max_delay`` seconds, from the worker's timer):
   left behind in redis-py's buffer).  redis-py's connect retries are off (the
   base class reconnects with backoff) and, when the channel sets none, the
   connect/handshake timeout is :attr:`RedisReader.connect_timeout`: a
-  reconnect runs on the worker's timer and must not hang it.
+  reconnect runs on the worker's event loop and must not hang it.
 * **Subscription**: exactly kombu's: ``self.queue`` is declared and bound on
   the consumer's channel as kombu's ``Consumer`` does (so the channel's fanout
   table knows it), but never ``basic_consume``-d (kombu would then subscribe
@@ -26,15 +28,12 @@ drains it in batches (every ``max_delay`` seconds, from the worker's timer):
   ``delivery_tag`` as kombu does), with ``global_keyprefix`` in front as
   kombu's prefixed pub/sub client adds it.
 * **Envelope**: decoded by a ``msgspec`` Struct that validates the common
-  shape and decodes the base64 body in the same C pass.  Measured on the
-  development machine (CPython 3.11, a 684-byte heartbeat envelope, noisy
-  2 cores): Struct with ``body: bytes`` 1.6-2.3 us; Struct with ``body: str``
-  plus ``binascii.a2b_base64`` 2.9-3.3 us; ``orjson.loads`` + field access
-  1.75 us plus a2b_base64 (~1-1.8 us) plus a ``b'__type__' in data`` scan
-  (~1.3 us), which a dict decoder needs because kombu's envelope JSON decoder
-  turns ``{"__type__", "__value__"}`` objects into Python objects.  The Struct
-  needs no scan: the fields it keeps are typed ``str`` (headers
-  ``dict[str, str]``), so a marker anywhere that matters fails validation.
+  shape and decodes the base64 body in the same C pass (the fastest of the
+  decoders compared).  A dict decoder would need a scan for kombu's
+  ``{"__type__", "__value__"}`` objects, which kombu's envelope JSON decoder
+  turns into Python objects; the Struct needs none: the fields it keeps are
+  typed ``str`` (headers ``dict[str, str]``), so a marker anywhere that
+  matters fails validation.
   Anything that does not fit (not JSON, another ``body_encoding``, a missing
   field, odd types, non-canonical base64, non-UTF-8) goes the exact kombu way
   instead: kombu's JSON ``loads``, kombu's virtual ``Message`` built on the
@@ -44,14 +43,15 @@ drains it in batches (every ``max_delay`` seconds, from the worker's timer):
   (``bad_envelopes``, and ``dropped['bad_envelope']`` of the Gossip) and
   logged at most once per 10 s: never raised, never silently lost.
 * **Compiled splitter**: with the compiled core, its ``PubSubScanner``
-  (``src/_fastpath.pxi``) replaces hiredis and the Struct for kombu's standard
+  (``src/pubsub.pyx``) replaces hiredis and the Struct for kombu's standard
   envelope (the one kombu always writes: same keys, same order, plain ASCII
   strings, canonical base64) and hands every other envelope to the path
-  above: half the instructions per event (callgrind, 684-byte heartbeats:
-  11.4 k vs 23.1 k) for the same result (tests/test_pubsub.py).
+  above, for the same result (tests/test_pubsub.py) in half the
+  instructions.
 * **Hot loop**: hiredis is fed at most :attr:`RedisReader.chunk` (16 KiB) at a
-  time: hiredis compacts its buffer after every reply, so feeding megabytes
-  at once costs 4-5 us per reply instead of 0.7 us.
+  time: hiredis compacts its buffer after every reply, so feeding it
+  megabytes at once makes every reply several times dearer; the compiled
+  scanner keeps a buffer of its own and takes :attr:`RedisReader.scanner_chunk`.
 * **Held events** are ``Receiver.on_raw``'s arguments (the envelope's parts),
   or the envelope itself when kombu must decode it.
 * **Backlog**: everything readable is read and parsed (up to
@@ -99,8 +99,8 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
 
 
 # gc=False: these hold only str, bytes, None, a dict of str and each other
-# (no cycles possible); untracked, they cost the collector nothing (measured:
-# 2.9 us per envelope instead of 3.6 us with 20,000 pending and a big heap).
+# (no cycles possible); untracked, they cost the collector nothing, however
+# big the backlog.
 class _DeliveryInfo(msgspec.Struct, gc=False):
     routing_key: str
     exchange: Optional[str] = None
