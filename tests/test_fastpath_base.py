@@ -264,9 +264,10 @@ def test_data_after_a_quiet_spell_is_drained_at_once(gossip, driver, hub):
 
 
 def test_data_that_keeps_waking_the_loop_is_batched(gossip, driver, hub):
-    """Below ``1 / max_delay`` wake-ups a second every event is drained at
-    once (a turn each, as stock); at that rate the socket is unwatched and
-    drains come on the timer, ``max_delay`` apart, while data flows."""
+    """Wake-ups less often than every ``max_delay`` are each drained at once
+    (a turn each, as stock); more often, over the last ``1 / max_delay`` of
+    them, and the socket is unwatched and drains come on the timer,
+    ``max_delay`` apart, while data flows."""
     reader = driver.reader
     often = driver._woken.maxlen
     assert often == round(1 / reader.max_delay)
@@ -276,7 +277,7 @@ def test_data_that_keeps_waking_the_loop_is_batched(gossip, driver, hub):
     assert len(gossip.state.workers) == often - 1 and driver.mode == "watching"
     assert driver.wakeups["timer"] == 0
     reader.send(heartbeat("b@x"))
-    turn(hub)                        # one wake-up too many within a second
+    turn(hub)                        # the last wake-ups came faster than max_delay
     assert driver.mode == "polling" and not hub.readers
     assert "b@x" not in gossip.state.workers
     [due] = timed(driver)
@@ -289,15 +290,22 @@ def test_data_that_keeps_waking_the_loop_is_batched(gossip, driver, hub):
     assert_watched(gossip)
 
 
-def test_a_slow_trickle_is_never_batched(gossip, driver, monkeypatch):
+@pytest.mark.parametrize("pace, batched", [(1.2, False), (0.8, True)])
+def test_batching_starts_at_one_wake_up_per_max_delay(gossip, driver, monkeypatch,
+                                                     pace, batched):
+    """A trickle a little slower than one event per ``max_delay`` is never
+    batched, however long it lasts; a little faster, and it is."""
     reader = driver.reader
     clock = [time.monotonic()]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     for i in range(3 * driver._woken.maxlen):
-        clock[0] += reader.max_delay * 1.2   # a little slower than 1 / max_delay
+        clock[0] += reader.max_delay * pace
         reader.send(heartbeat(f"w{i}@x"))
         driver._on_readable()
-        assert f"w{i}@x" in gossip.state.workers and driver.mode == "watching"
+        if driver.mode == "polling":
+            break
+        assert f"w{i}@x" in gossip.state.workers
+    assert (driver.mode == "polling") == batched
     assert driver.wakeups["timer"] == 0
 
 

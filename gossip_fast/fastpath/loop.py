@@ -9,8 +9,9 @@ no more often than gossip needs, and never when nothing arrives:
 * **watching**: the reader's socket is registered with the hub and no timer
   is set.  A readable socket is drained at once: at low rates an event
   costs one turn, as it does with stock Celery, and no added delay.
-* **polling**: once the socket has woken the loop ``1 / max_delay`` times
-  within a second, it is unwatched and drains run on the timer instead,
+* **polling**: once the socket wakes the loop more often than every
+  ``max_delay`` (on average over its last ``1 / max_delay`` wake-ups), it
+  is unwatched and drains run on the timer instead,
   ``max_delay`` apart (``catchup_delay`` while the reader has a backlog):
   under load the loop turns ``1 / max_delay`` times a second whatever the
   rate, and an event waits at most ``max_delay``.  A timed drain that
@@ -55,8 +56,8 @@ class HubDriver:
         self._tref = None         # the next timed drain
         self._housekeeping = None
         self._last_drain = float('-inf')
-        # the times of the last drains the socket woke: as many as make
-        # polling worth it within a second
+        # the times of the socket's last wake-ups, about a second's worth
+        # at the rate where polling starts to pay
         self._woken = deque(maxlen=max(2, math.ceil(1.0 / reader.max_delay)))
         reader.watcher = self
 
@@ -100,10 +101,12 @@ class HubDriver:
         woken = self._woken
         now = time.monotonic()
         woken.append(now)
-        if len(woken) == woken.maxlen and now - woken[0] < 1.0:
-            # data flows: batch it, starting from the last drain
+        max_delay = self.reader.max_delay
+        if len(woken) == woken.maxlen and now - woken[0] < (len(woken) - 1) * max_delay:
+            # the socket wakes the loop more often than every max_delay:
+            # batch, starting from the last drain
             woken.clear()
-            self._poll(max(0.0, self._last_drain + self.reader.max_delay - now))
+            self._poll(max(0.0, self._last_drain + max_delay - now))
         else:
             self._drain(timed=False)
 
