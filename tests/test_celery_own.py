@@ -4,7 +4,8 @@ A drop-in passes the upstream's tests of what it replaces, as uvloop runs
 asyncio's: ``test_Gossip`` of ``t/unit/worker/test_consumer.py``, from the
 sdist of the installed Celery, with its import line and the module-level
 patch targets (``'celery.worker.consumer.gossip.X'``) pointed at our step's
-module.  It runs in its own pytest process, once per implementation.
+module.  It runs in its own pytest process, once per implementation, and
+on the oldest supported Celery too (scripts/test-compat.sh).
 
 Five of its tests assert stock internals that the drop-in replaces on
 purpose, and must fail, each for that reason alone: four build the state
@@ -27,8 +28,6 @@ import pytest
 from gossip_fast import Gossip
 
 from .conftest import IMPLEMENTATIONS, load_core
-
-pytestmark = pytest.mark.slow
 
 EXPECTED_FAILURES = {
     "test_on_message",               # state built by app.events.State
@@ -85,9 +84,10 @@ def test_celerys_own_test_gossip(implementation):
         os.unlink(path)
     output = result.stdout + result.stderr
     failed = set(re.findall(r"^(?:FAILED|ERROR) \S+::test_Gossip::(\w+)", output, re.M))
-    passed = re.search(r"(\d+) passed", output)
+    summary = output.strip().splitlines()[-1]
     assert failed == EXPECTED_FAILURES, output[-4000:]
-    assert passed and int(passed.group(1)) >= 11, output[-4000:]
+    # every other test of test_Gossip passed (15 in Celery 5.5, 16 in 5.7)
+    assert re.search(r"\b5 failed, \d\d passed", summary) and "error" not in summary, summary
     # the step under test was ours, in the implementation asked for
     check = subprocess.run(
         [sys.executable, "-c", "import gossip_fast; print(gossip_fast.IMPLEMENTATION)"],
