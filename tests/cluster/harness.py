@@ -228,9 +228,12 @@ class Worker:
         return env
 
     def argv(self) -> list[str]:
+        # the solo pool unless extra_args name one: once only, since Celery
+        # picks a green pool's monkey-patching from the first --pool it sees
+        pool = [] if {"--pool", "-P"} & set(self.extra_args) else ["--pool", "solo"]
         return [
             sys.executable, "-m", "celery", "-A", "app", "worker",
-            "--pool", "solo",
+            *pool,
             "-n", f"{self.name}@%h",
             "--loglevel", LOGLEVEL,
             *self.extra_args,
