@@ -11,7 +11,12 @@ reads what has arrived and parses the frames itself -- ``basic.deliver``,
 the content header and the body frames of each delivery -- instead of
 building a py-amqp ``Message`` and a kombu ``Message`` per event.
 
-Per delivery the parse is a few ``struct.unpack_from`` calls and slices.
+Per delivery the parse is a few ``struct.unpack_from`` calls and slices
+(:meth:`AMQPReader._split`); with the compiled core, its ``DeliveryScanner``
+(``src/amqpframes.pyx``) does the same for every plain delivery in C and
+leaves the rest (any other frame, an incomplete or malformed delivery, a
+body of several frames or to decode) to ``_split``, one frame or delivery at
+a time, so errors, logs and results are the same (tests/test_amqpframes.py).
 The exchange/routing key pair and the content properties are the same bytes
 for every heartbeat of one sender, so they are decoded once (py-amqp's own
 ``decode_properties_basic``) and looked up by their raw bytes after that;
