@@ -218,3 +218,23 @@ class PubSubScanner:
     @property
     def buffered(self) -> int: ...
     def scan(self, out: list[Any]) -> list[Any]: ...
+
+
+@final
+class DeliveryScanner:
+    """Splits an AMQP consumer's byte stream: the plain deliveries on
+    ``channel_id`` (``basic.deliver``, content header, one body frame) into
+    ``Receiver.on_raw``'s arguments, held, appended to *out*; heartbeat
+    frames skipped.  ``scan`` returns the position of the first byte it did
+    not take (the end, an incomplete tail, or anything else: the RabbitMQ
+    reader's Python splitter sees to that).  *keys* and *props* are the
+    reader's caches, *decode_key* and *props_of* what it calls for bytes
+    not in them."""
+    @property
+    def channel_id(self) -> int: ...
+
+    def __init__(self, channel_id: int, keys: dict[bytes, tuple[str, str]],
+                 props: dict[bytes, tuple[Any, ...]],
+                 decode_key: Callable[[bytes], tuple[str, str]],
+                 props_of: Callable[[bytes], tuple[Any, ...]]) -> None: ...
+    def scan(self, buf: bytes, pos: int, out: list[Any]) -> int: ...

@@ -29,6 +29,7 @@ include "clock.pyx"      # Clock: the Lamport clock, a C int64
 include "table.pyx"      # State, Worker: the table of peers and its deadline wheel
 include "receiver.pyx"   # Receiver: Gossip.on_message and on_raw
 include "pubsub.pyx"     # PubSubScanner: the Redis pub/sub stream, split in one pass
+include "amqpframes.pyx"  # DeliveryScanner: an AMQP consumer's deliveries, split
 include "shedding.pyx"   # coalesce(), held(): a reader's backlog
 
 # -- the tricks behind it ------------------------------------------------------

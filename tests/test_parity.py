@@ -21,12 +21,14 @@ from .conftest import load_core
 from .test_packaging import _instances, _runtime_params, _stub_functions, _stub_names
 
 #: What only the compiled core has, and why the fallback does without:
-#: coalesce() and PubSubScanner speed up gossip_fast.fastpath, whose readers
-#: do the same in Python with the fallback (base.coalesce; hiredis and
-#: envelope_parts); held() untracks a tuple from the cyclic garbage
-#: collector, which Python code cannot ask for; scan_body() lets tests see
+#: coalesce(), PubSubScanner and DeliveryScanner speed up
+#: gossip_fast.fastpath, whose readers do the same in Python with the
+#: fallback (base.coalesce; hiredis and envelope_parts; AMQPReader._split);
+#: held() untracks a tuple from the cyclic garbage collector, which Python
+#: code cannot ask for; scan_body() lets tests see
 #: what the compiled scanner reads.
-COMPILED_ONLY = frozenset({'coalesce', 'held', 'PubSubScanner', 'scan_body'})
+COMPILED_ONLY = frozenset({'coalesce', 'held', 'PubSubScanner', 'DeliveryScanner',
+                           'scan_body'})
 CLASSES = ('Clock', 'Worker', 'State', 'Receiver')
 
 

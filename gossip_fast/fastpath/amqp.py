@@ -11,7 +11,12 @@ reads what has arrived and parses the frames itself -- ``basic.deliver``,
 the content header and the body frames of each delivery -- instead of
 building a py-amqp ``Message`` and a kombu ``Message`` per event.
 
-Per delivery the parse is a few ``struct.unpack_from`` calls and slices.
+Per delivery the parse is a few ``struct.unpack_from`` calls and slices
+(:meth:`AMQPReader._split`); with the compiled core, its ``DeliveryScanner``
+(``src/amqpframes.pyx``) does the same for every plain delivery in C and
+leaves the rest (any other frame, an incomplete or malformed delivery, a
+body of several frames or to decode) to ``_split``, one frame or delivery at
+a time, so errors, logs and results are the same (tests/test_amqpframes.py).
 The exchange/routing key pair and the content properties are the same bytes
 for every heartbeat of one sender, so they are decoded once (py-amqp's own
 ``decode_properties_basic``) and looked up by their raw bytes after that;
@@ -176,6 +181,9 @@ class AMQPReader(Reader):
         self._keys = {}             # raw exchange+routing key -> (rk, exchange)
         self._props = {}            # raw properties -> (headers, type, encoding)
         self._templates = []        # see _templated(), newest first
+        # the compiled core's splitter of plain deliveries (see _parse)
+        self._scanner_class = getattr(getattr(gossip, 'core', None), 'DeliveryScanner', None)
+        self._scanner = None
         self._last_recv = 0.0
         self._last_sent = 0.0
         self._broken = False        # fill() failed: no close handshake
@@ -217,6 +225,9 @@ class AMQPReader(Reader):
         """Read deliveries of channel *channel_id* from the non-blocking
         *sock* from now on (*buffered*: bytes already read from it)."""
         self._channel_id = channel_id
+        if self._scanner_class is not None:
+            self._scanner = self._scanner_class(channel_id, self._keys, self._props,
+                                                self._decode_key, self._props_of)
         self.heartbeat = heartbeat
         self._frame_max = frame_max
         self._recv = sock.recv
@@ -242,6 +253,7 @@ class AMQPReader(Reader):
         buf, self._buf = self._buf, b''
         polite = sock is not None and not self._broken
         self._recv = self._send = None
+        self._scanner = None
         self._broken = False
         self.amqp_channel = None
         if conn is None:
@@ -348,10 +360,35 @@ class AMQPReader(Reader):
 
     def _parse(self):
         """Hold (in :attr:`pending`) the on_raw arguments of every complete
-        delivery in the buffer; keep the incomplete tail in the buffer."""
+        delivery in the buffer; keep the incomplete tail in the buffer.
+
+        With the compiled core, its ``DeliveryScanner`` takes the plain
+        deliveries, and :meth:`_split` one frame or delivery wherever the
+        scanner stops (anything else: it raises, skips or finds it
+        incomplete, as it would alone); else :meth:`_split` takes all."""
         buf = self._buf
+        scanner = self._scanner
+        if scanner is None:
+            pos = self._split(buf, 0)
+        else:
+            scan = scanner.scan
+            pending = self.pending
+            pos = 0
+            while True:
+                pos = scan(buf, pos, pending)
+                step = self._split(buf, pos, True)
+                if step == pos:
+                    break
+                pos = step
+        if len(buf) - pos == 8 and buf[pos:] == HEARTBEAT:
+            pos = len(buf)   # too short for the loop: a lone heartbeat frame
+        self._buf = buf[pos:] if pos else buf
+
+    def _split(self, buf, pos, once=False):
+        """Hold the deliveries of *buf* from *pos* on (only the first frame
+        or delivery if *once*); return the position of the first byte not
+        taken (an incomplete frame or delivery, or the end)."""
         end = len(buf)
-        pos = 0
         channel_id = self._channel_id
         keys = self._keys
         props_cache = self._props
@@ -371,6 +408,8 @@ class AMQPReader(Reader):
                 raise AMQPFrameError(f'bad frame end {buf[mend]:#04x}')
             if ftype != FRAME_METHOD or channel != channel_id or method != BASIC_DELIVER:
                 pos = self._other_frame(buf, pos, ftype, channel, size, method)
+                if once:
+                    break
                 continue
             # basic.deliver: consumer-tag, delivery-tag, redelivered,
             # exchange, routing-key: the last two are looked up raw.
@@ -426,9 +465,9 @@ class AMQPReader(Reader):
             if props[3] and body:
                 body = _auto_decode(body, props[2])
             append(held((key[0], props[0], body, props[1], props[2], key[1])))
-        if end - pos == 8 and buf[pos:] == HEARTBEAT:
-            pos = end   # too short for the loop: a lone heartbeat frame
-        self._buf = buf[pos:] if pos else buf
+            if once:
+                break
+        return pos
 
     def _long_body(self, buf, b, end, body_size):
         """A body of several frames: (body, next position), or (None, b) if
