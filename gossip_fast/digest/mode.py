@@ -489,7 +489,7 @@ class DigestMode:
 
     def _request_snapshot(self):
         self._snapshot_tref = None
-        if self.relay is not None:
+        if self.relay is not None or self.names is None:
             return
         self._requested = uuid.uuid4().hex[:16]
         self._requested_at = time.monotonic()
@@ -522,7 +522,8 @@ class DigestMode:
         try:
             producer.publish(body, routing_key=routing_key, content_type=CONTENT_TYPE,
                              content_encoding=CONTENT_ENCODING,
-                             headers={'hostname': self.me}, retry=False)
+                             headers={'hostname': self.me}, delivery_mode=1,
+                             retry=False)
         except Exception as exc:  # pylint: disable=broad-except
             self.counts['publish_errors'] += 1
             now = time.monotonic()
