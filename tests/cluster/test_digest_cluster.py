@@ -56,12 +56,13 @@ def digest(stats):
     return stats.get("digest") or {}
 
 
-def formed(cluster, workers, timeout=FORM_TIMEOUT, what="digest cluster formed"):
+def formed(cluster, workers, timeout=FORM_TIMEOUT, what="digest cluster formed", size=None):
     """Wait until the digest-mode *workers* agree: one relay, everyone
-    follows it, in sync, the same view of every one of them, the relay list
-    full; returns ``(stats, relay)``."""
-    n = len(workers)
-    successors = min(3, n - 1)
+    follows it, in sync, the same view of the *size* workers of the cluster
+    (default: they are all of it), the relay list full (every digest-mode
+    worker may relay); returns ``(stats, relay)``."""
+    n = size or len(workers)
+    successors = min(3, len(workers) - 1)
     found = {}
 
     def condition():
@@ -287,7 +288,7 @@ def mixed(broker, broker_name, fast_kinds, cluster_folder):
             return all(set(join_counts(w)) >= {p.hostname for p in workers if p is not w}
                        for w in workers)
 
-        formed(cluster, digests, what="the digest workers formed")
+        formed(cluster, digests, what="the digest workers formed", size=len(workers))
         cluster.wait_for(everyone_joined, 30, "node_join for every peer on every worker")
         record_result(MIXED, broker_name, "formed", time.time() - began,
                       note="start of 4 workers -> everyone joined everywhere")
