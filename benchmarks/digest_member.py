@@ -9,11 +9,13 @@ byte-realistic heartbeats, its CPU probe):
 
 1. the publisher sends the heartbeats of ``--size`` simulated workers, one
    every 2 s each (``--rate`` heartbeats/s in all);
-2. four real workers (``celery worker --pool solo``) follow that cluster:
+2. five real workers (``celery worker --pool solo``) follow that cluster:
    ``fast`` (gossip_fast, normal mode), ``relay`` (gossip_fast in digest
-   mode, started first so that it relays), ``member`` (digest mode,
-   started once the relay publishes: it gets the relay's digests, and no
-   heartbeat) and ``baseline`` (``--without-gossip``: the worker's own
+   mode, started first so that it relays), ``successor`` (digest mode, next
+   in line: it also gets the relay's pulse every second), ``member`` (digest
+   mode, ``gossip_fast_digest_relay = False`` so that it is a plain member,
+   as most workers of a large cluster are: it gets the relay's digests and
+   no heartbeat) and ``baseline`` (``--without-gossip``: the worker's own
    cost without gossip, Celery's heartbeats and event loop included);
 3. after ``--warmup`` seconds, ``--repeats`` back-to-back windows of
    ``--window`` seconds measure each worker's main-process CPU (per-thread
@@ -68,8 +70,12 @@ class BenchWorker(Worker):
                                                  .split(os.pathsep) if p]),
             PYTHONUNBUFFERED='1', BENCH_BROKER_URL=self.broker_url, BENCH_GOSSIP='fast',
             BENCH_STATS_FILE=self.stats_path, BENCH_LOOP_TICK='0')
-        if self.label in ('relay', 'member'):
+        if self.label in ('relay', 'successor', 'member'):
             env['GOSSIP_FAST_DIGEST'] = '1'
+        if self.label == 'member':
+            # never listed as a successor: the plain member, as most workers
+            # of a large cluster are (a successor also gets a pulse a second)
+            env['GOSSIP_FAST_DIGEST_RELAY'] = '0'
         argv = [sys.executable, '-m', 'celery', '-A', 'benchmarks.cluster.app', 'worker',
                 '--pool', 'solo', '-n', f'{self.name}@%h', '--loglevel', 'INFO']
         if self.label == 'baseline':
@@ -124,12 +130,12 @@ def run_broker(args, kind, folder):
         workers.append(relay)
         relay.wait_ready()
         wait_for('the relay relays', lambda: (relay.stats() or {}).get('digest_role') == 'relay')
-        fast = BenchWorker('fast', broker.url, folder, kind).start()
-        member = BenchWorker('member', broker.url, folder, kind).start()
-        baseline = BenchWorker('baseline', broker.url, folder, kind).start()
-        workers += [fast, member, baseline]
-        for w in (fast, member, baseline):
+        others = [BenchWorker(label, broker.url, folder, kind).start()
+                  for label in ('fast', 'successor', 'member', 'baseline')]
+        workers += others
+        for w in others:
             w.wait_ready()
+        member = others[2]
         # run.snapshot() keys workers by .kind: make them distinct
         for w in workers:
             w.kind = w.label
@@ -142,7 +148,9 @@ def run_broker(args, kind, folder):
             windows.append(window(workers, broker, publishers, args.window))
             log(f'{broker.label}: window {i + 1}: ' + json.dumps(windows[-1]))
         publishers.set(0, 0)
-        time.sleep(3.0)
+        # the simulated workers are lost 2F after their last heartbeat: wait
+        # until every worker has seen it, then measure the idle cluster
+        time.sleep(10.0)
         idle = window(workers, broker, publishers, args.window)
         log(f'{broker.label}: idle: ' + json.dumps(idle))
         return {'label': broker.label, 'windows': windows, 'idle': idle}
@@ -159,11 +167,12 @@ def summarize(result):
     def mean(label):
         return sum(w[label]['cpu_ms_per_s'] for w in windows) / len(windows)
     fast, member, relay = mean('fast'), mean('member'), mean('relay')
-    base = mean('baseline')
+    base, successor = mean('baseline'), mean('successor')
     idle = result['idle']
     return {
         'fast_ms_per_s': round(fast, 3), 'member_ms_per_s': round(member, 3),
         'relay_ms_per_s': round(relay, 3), 'baseline_ms_per_s': round(base, 3),
+        'successor_ms_per_s': round(successor, 3),
         'member_over_fast': round(member / fast, 4) if fast else None,
         'net_member_over_fast': (round((member - base) / (fast - base), 4)
                                  if fast > base else None),
@@ -194,13 +203,14 @@ def main(argv=None):
           f"{results['machine']['gossip_fast_implementation']}")
     print(f'{args.size} simulated workers, {args.rate:.0f} heartbeats/s, '
           f'{args.repeats} x {args.window:.0f} s windows; CPU of each main process, ms/s')
-    print('| broker | fast (normal) | relay | member | baseline (no gossip) | member / fast '
-          '| net of baseline | idle: fast | idle: member |')
-    print('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+    print('| broker | fast (normal) | relay | successor | member | baseline (no gossip) '
+          '| member / fast | net of baseline | idle: fast | idle: member |')
+    print('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
     for kind, result in results['brokers'].items():
         s = result['summary']
         net = s['net_member_over_fast']
         print(f"| {result['label']} | {s['fast_ms_per_s']:.2f} | {s['relay_ms_per_s']:.2f} | "
+              f"{s['successor_ms_per_s']:.2f} | "
               f"{s['member_ms_per_s']:.2f} | {s['baseline_ms_per_s']:.2f} | "
               f"{100 * s['member_over_fast']:.1f}% | "
               f"{'-' if net is None else f'{100 * net:.1f}%'} | "
