@@ -154,7 +154,9 @@ class TestDigestCluster:
                 assert v["digests_applied"] >= 1, v
                 receive = stats[worker.hostname]["receive"]
                 assert set(receive) == {"digest", "path"}, receive  # no heartbeat stream
-                assert receive["digest"]["mode"] == "watching", receive  # woken by data
+                # woken by its socket (a burst may switch it to timed drains
+                # for a moment: it goes back to watching when data stops)
+                assert receive["digest"]["wakeups"]["readable"] >= 1, receive
         assert views[relay.hostname]["digests_published"] >= 1
         # The broker delivers each heartbeat to one worker: the relay.
         if story.broker_name == "redis":
@@ -260,8 +262,9 @@ class TestDigestCluster:
                what="the digest cluster formed again after the broker restart")
         record_result(SCENARIO, story.broker_name, "restart", time.time() - began,
                       note="broker restart -> formed again")
-        # a few more digest intervals in which a late false node_lost would show
-        time.sleep(4.0)
+        # past the relay's 2F of grace after its reconnection, and a digest:
+        # when a late false node_lost would show
+        time.sleep(5.0)
         lost_after = {w.hostname: len(lost_records(w)) for w in survivors}
         assert lost_after == lost_before, (lost_before, lost_after)
         assert all(w.running for w in survivors)
