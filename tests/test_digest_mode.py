@@ -102,6 +102,8 @@ def test_without_a_hub_or_the_fast_reader_it_is_normal_gossip(core, GossipClass,
     assert type(gossip.state) is core.State
     stats = gossip.stats()['digest']
     assert stats['active'] is False and why in stats['why'], stats
+    from gossip_fast.cli import _summary
+    assert 'digest mode off: ' in _summary(gossip.stats())
 
 
 def test_a_broker_without_digest_support_falls_back_at_connect(core, GossipClass, app):
@@ -148,6 +150,8 @@ def test_member_applies_digests_and_fires_callbacks(core, GossipClass, app):
     assert (digest['role'], digest['publisher'], digest['synced']) == ('member', RELAY, True)
     assert digest['digests_applied'] == 2 and digest['digests_stale'] == 1
     assert digest['term'] == 1 and digest['seq'] == 2 and digest['view_size'] == 2
+    from gossip_fast.cli import _summary
+    assert '(member, term 1); 1 of 1 peers alive' in _summary(stats)
 
 
 def test_bad_digest_input_is_counted_and_logged_never_raised(core, GossipClass, app):
@@ -317,3 +321,34 @@ def test_a_relay_steps_down_for_a_higher_term(core, GossipClass, app):
     deliver(mode, pulse, key='pulse')
     assert mode.role.publisher == 'other@y' and stats['stale_publisher'] == 0
     assert gossip.stats()['digest']['stale_publisher'] == 1
+
+
+def test_the_tick_reads_what_waits_before_judging_silence(core, GossipClass, app):
+    """After the event loop was held up (a long task in the solo pool), the
+    relay's pulses wait unread: they count before a takeover is decided."""
+    gossip, mode = digest_step(GossipClass, app)
+    log = relay_log(member(RELAY, 7), member(ME, 1000))
+    deliver(mode, log.build(time.time(), 1, (RELAY, ME)))
+    assert mode.role.role == 'successor'
+    for name in list(mode.role.last_heard):
+        mode.role.last_heard[name] -= 10
+    mode.role.since -= 10
+    waiting = [Pulse(RELAY, 7, 2, time.time(), 1, 1, log.hash.count, log.hash.value,
+                     (RELAY, ME), 2.0)]
+
+    def drain():
+        while waiting:
+            deliver(mode, waiting.pop(), key='pulse')
+
+    mode._digest_driver = types.SimpleNamespace(reader=types.SimpleNamespace(
+        retry_at=None, reconnects=0, drain=drain))
+    mode.tick()
+    assert mode.role.role == 'successor' and mode.relay is None
+    mode._digest_driver.reader.retry_at = 1.0     # disconnected: no judgement
+    for name in list(mode.role.last_heard):
+        mode.role.last_heard[name] -= 10
+    mode.tick()
+    assert mode.role.role == 'successor'
+    mode._digest_driver.reader.retry_at = None
+    mode.tick()
+    assert mode.role.role == 'relay'              # silent for real: takeover

@@ -76,14 +76,15 @@ def attach(gossip, c):
         gossip.digest_off = why
         return None
     return DigestMode(gossip, digest_settings.load(
-        app, gossip.heartbeat_interval, gossip.interval))
+        app, gossip.heartbeat_interval, gossip.interval), consumer=c)
 
 
 class DigestMode:
     """Digest mode of one Gossip step (see the module docstring)."""
 
-    def __init__(self, gossip, config, rng=random.random):
+    def __init__(self, gossip, config, rng=random.random, consumer=None):
         self.gossip = gossip
+        self.consumer = consumer
         self.app = gossip.app
         self.config = config
         self.timing = timing = config.timing
@@ -110,6 +111,7 @@ class DigestMode:
         self._digest_driver = None           # HubDriver of the digest reader
         self._stream = None                  # HubDriver of the relay's full stream
         self._stream_reconnects = 0
+        self._digest_reconnects = 0
         self._tref = None
         self._tick_period = None
         self._snapshot_tref = None
@@ -146,7 +148,8 @@ class DigestMode:
         gossip._receiver.accept = prepare_accept_content(ev.accept)
         self.channel, self.transport, self.names = channel, transport, names
         self._stream_queue = ev.queue
-        self._producer = Producer(channel, exchange=names.kombu_exchange(transport))
+        self._producer = Producer(self._publish_channel(channel),
+                                  exchange=names.kombu_exchange(transport))
         now = time.monotonic()
         self._start_digest_reader()
         self.role.subscribed(now)
@@ -178,6 +181,18 @@ class DigestMode:
         if channel is not None:
             from ..bootstep import close_channel
             close_channel(channel)
+
+    def _publish_channel(self, channel):
+        """Where to publish: the connection of the worker's event
+        dispatcher, as Celery's own heartbeats are (the Events step starts
+        before Gossip); else the consumer's *channel*.  Not the consumer's
+        connection when there is another: RabbitMQ blocks a connection that
+        publishes during a memory alarm, consuming included."""
+        dispatcher = getattr(self.consumer, 'event_dispatcher', None)
+        connection = getattr(dispatcher, 'connection', None)
+        if getattr(dispatcher, 'enabled', False) and connection is not None:
+            return connection
+        return channel
 
     def _fall_back(self, why):
         logger.warning('gossip_fast: digest mode is off: %s; running normal gossip', why)
@@ -219,6 +234,7 @@ class DigestMode:
             reader = DigestAMQPReader(gossip, self.channel, queue, dispatch, max_delay=delay)
         self._digest_driver = HubDriver(reader, gossip._hub)
         self._digest_driver.start(retry=True)
+        self._digest_reconnects = reader.reconnects
 
     def _resubscribe(self):
         driver = self._digest_driver
@@ -268,6 +284,7 @@ class DigestMode:
 
     def tick(self):
         try:
+            self._catch_up()
             if self.role.role == RELAY:
                 self._relay_tick(time.time())
             else:
@@ -277,7 +294,24 @@ class DigestMode:
         except Exception as exc:  # pylint: disable=broad-except
             logger.exception('gossip_fast: digest mode tick failed: %r', exc)
 
+    def _catch_up(self):
+        """Read what waits in our sockets before judging anything: kombu's
+        event loop runs due timers before it looks at readable sockets, so
+        after the loop was held up (a long task in the solo pool) the relay's
+        pulses, or the peers' heartbeats, may be there unread."""
+        for driver in (self._digest_driver, self._stream):
+            if driver is not None and driver.reader.retry_at is None:
+                driver.reader.drain()
+
     def _member_tick(self, now):
+        driver = self._digest_driver
+        if driver is not None:
+            reader = driver.reader
+            if reader.retry_at is not None:
+                return None  # we hear nothing now: no judgement of others' silence
+            if reader.reconnects != self._digest_reconnects:
+                self._digest_reconnects = reader.reconnects
+                self.role.subscribed(now)  # what it missed is not the relay's silence
         reason = self.role.should_promote(now, self._candidates)
         if reason is not None:
             return self._promote(reason, now)
