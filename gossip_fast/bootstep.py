@@ -28,6 +28,7 @@ from celery.worker.consumer.mingle import Mingle
 
 from . import fastpath, implementation, observability
 from .badinput import BadInput
+from .digest import mode as digest_mode
 from .elections import Elections
 
 __all__ = ('Gossip',)
@@ -163,6 +164,8 @@ class Gossip(Elections, bootsteps.ConsumerStep):
         }
 
         super().__init__(c, **kwargs)
+        # digest mode (docs/digest-mode.md): None unless gossip_fast_digest is set
+        self._digest = digest_mode.attach(self, c) if self.enabled else None
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
@@ -266,6 +269,11 @@ class Gossip(Elections, bootsteps.ConsumerStep):
     # -- consuming ---------------------------------------------------------------
 
     def get_consumers(self, channel):
+        if self._digest is not None and self._digest.active:
+            consumers = self._digest.get_consumers(channel)
+            if consumers is not None:
+                observability.announce(self, info)
+                return consumers
         self.register_timer()
         ev = self.Receiver(channel, routing_key='worker.#',
                            queue_ttl=self.heartbeat_interval)
@@ -303,6 +311,8 @@ class Gossip(Elections, bootsteps.ConsumerStep):
 
     def stop(self, c):
         self._stop_reader()
+        if self._digest is not None:
+            self._digest.stop()
         super().stop(c)
 
     def _close(self, c, cancel_consumers=True):
@@ -324,6 +334,8 @@ class Gossip(Elections, bootsteps.ConsumerStep):
 
     def shutdown(self, c):
         self._stop_reader()
+        if self._digest is not None:
+            self._digest.stop()
         super().shutdown(c)
 
     def on_message(self, prepare, message):

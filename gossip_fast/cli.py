@@ -123,6 +123,11 @@ def _summary(stats):
         path += f" ({receive['why']})"
     elif receive.get('max_delay'):
         path += f" (max delay {receive['max_delay']:g} s)"
+    digest = stats.get('digest') or {}
+    if digest.get('active'):
+        path += f" ({digest.get('role')}, term {digest.get('term')})"
+    elif digest:
+        path += f" (digest mode off: {digest.get('why')})"
     events = stats.get('events') or {}
     dropped = sum((stats.get('dropped') or {}).values())
     return (f"{head}, receive {path}; {stats.get('alive_workers')} of "

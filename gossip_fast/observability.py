@@ -69,6 +69,9 @@ def receive_info(gossip):
     """``(path, why)``: ``('redis' / 'amqp', None)`` for the fast reader, or
     ``('kombu', <why not the fast reader>)`` as the fast path recorded it
     when the consumer connected (:func:`gossip_fast.fastpath.start`)."""
+    digest = getattr(gossip, '_digest', None)
+    if digest is not None and digest.active and digest.transport:
+        return digest.describe(), None
     reader = getattr(gossip, '_reader', None)
     if reader is not None:
         return reader.name, None
@@ -137,7 +140,10 @@ def stats(gossip):
         return result
     state = gossip.state
     driver = gossip._driver  # the fast path: its reader, and what wakes it
-    if driver is not None:
+    digest = getattr(gossip, '_digest', None)
+    if digest is not None and digest.active:
+        receive = digest.receive_stats()
+    elif driver is not None:
         receive = dict(driver.reader.stats(), **driver.stats())
     else:
         path, why = receive_info(gossip)
@@ -156,4 +162,8 @@ def stats(gossip):
         'alive_workers': (state.alive_count() if hasattr(state, 'alive_count')
                           else None),
     })
+    if digest is not None and digest.active:
+        result['digest'] = digest.stats()
+    elif getattr(gossip, 'digest_off', None):
+        result['digest'] = {'active': False, 'why': gossip.digest_off}
     return result

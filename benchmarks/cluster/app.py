@@ -177,6 +177,9 @@ class BenchStep(bootsteps.StartStopStep):
             'bench_tids': self.bench_tids(),
             'loop_ticking': self.ticking,
         }
+        digest = getattr(gossip, '_digest', None)
+        if digest is not None:  # gossip_fast's digest mode (benchmarks/digest_member.py)
+            snap['digest_role'] = digest.role.role if digest.active else None
         receiver = getattr(gossip, '_receiver', None)
         if receiver is not None and hasattr(receiver, 'stats'):  # gossip_fast
             events = receiver.stats()

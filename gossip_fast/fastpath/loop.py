@@ -63,13 +63,29 @@ class HubDriver:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def start(self):
-        """Connect the reader (raises if it cannot) and watch its socket."""
-        self.reader.start()
+    def start(self, retry=False):
+        """Connect the reader (raises if it cannot, unless *retry*: then
+        it reconnects with its backoff, as after a lost connection) and
+        watch its socket."""
+        try:
+            self.reader.start()
+        except Exception as exc:
+            if not retry:
+                raise
+            self.reader._failed(exc, time.monotonic())
         self._last_drain = time.monotonic()  # a fresh connection is healthy
         self._housekeeping = self.timer.call_repeatedly(
             self.reader.housekeeping_interval(), self._on_housekeeping)
-        self._watch()
+        if self.reader.retry_at is not None:
+            self._poll(max(0.0, self.reader.retry_at - self._last_drain))
+        else:
+            self._watch()
+
+    def wake(self):
+        """Drain soon (from the timer): the reader changed its connection
+        outside a drain (a failed resubscription, for one)."""
+        if self.mode != STOPPED:
+            self._poll(0.0)
 
     def stop(self):
         """Unwatch, cancel the timers, stop the reader (closes its socket)."""

@@ -7,7 +7,8 @@
 * ``conftest.py``: the broker / implementation fixtures, failure reports
   with the worker logs, and the end-of-run measurements.
 * ``test_fast_cluster.py``, ``test_mixed_cluster.py``,
-  ``test_broker_restart.py``: the tests (marked ``cluster`` and ``broker``);
+  ``test_broker_restart.py``, ``test_digest_cluster.py`` (digest mode) and
+  the others: the tests (marked ``cluster`` and ``broker``);
   ``test_harness.py``: the harness itself (no broker).
 
 Run from the repository root (the brokers come from

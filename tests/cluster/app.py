@@ -14,6 +14,9 @@ Configured from the environment:
 ``CLUSTER_EVENTS_DIR``
     folder for the event files: each worker appends JSON lines to
     ``<hostname>.jsonl`` there.
+``CLUSTER_DIGEST``
+    ``1``: ``app.conf.gossip_fast_digest = True`` (gossip_fast's digest mode,
+    docs/digest-mode.md).
 ``CLUSTER_REMOTE_CONTROL``
     ``0``: no remote control (``worker_enable_remote_control = False``), so
     that what a test counts of the worker's sockets is not Celery's pidbox.
@@ -46,6 +49,9 @@ app.conf.update(
 
 if os.environ.get('CLUSTER_REMOTE_CONTROL') == '0':
     app.conf.worker_enable_remote_control = False
+
+if os.environ.get('CLUSTER_DIGEST') == '1':
+    app.conf.gossip_fast_digest = True
 
 if GOSSIP == 'fast':
     import gossip_fast

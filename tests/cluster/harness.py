@@ -74,7 +74,8 @@ BAD_WARNINGS = re.compile(
 CONNECTION_NOISE = re.compile(
     r"^consumer: (Cannot connect to|Connection to broker lost)|"
     r"^Connection to broker lost|"
-    r"^gossip_fast: \w+ reader lost its connection")
+    r"^gossip_fast: \w+ reader lost its connection|"
+    r"^gossip_fast: digest publish failed")
 #: Celery 5.7 itself (not gossip_fast, stock Gossip too): after a lost
 #: connection ``Consumer.on_connection_error_after_connected`` sets
 #: ``c.connection = None`` before restarting the blueprint; a ConsumerStep's
@@ -167,7 +168,12 @@ class Worker:
     def __init__(self, cluster: "Cluster", name: str, kind: str):
         # kind: "cython" / "python" (gossip_fast) or "stock" (Celery's Gossip),
         # optionally ":<mode>" for gossip_fast's receive path
-        # (GOSSIP_FAST_RECEIVE: "auto", the default, or "classic").
+        # (GOSSIP_FAST_RECEIVE: "auto", the default, or "classic"), and
+        # "+digest" for gossip_fast's digest mode (gossip_fast_digest = True).
+        kind, plus, extra = kind.partition("+")
+        if plus and (extra != "digest" or kind.startswith("stock")):
+            raise ValueError(f"unknown worker option {extra!r} for {kind!r}")
+        self.digest = bool(plus)
         kind, _, receive = kind.partition(":")
         if kind not in ("cython", "python", "stock"):
             raise ValueError(f"unknown worker kind {kind!r}")
@@ -199,7 +205,8 @@ class Worker:
             state = f"pid {self.proc.pid}, " + (
                 "running" if code is None else f"exited {code}")
         receive = f" receive={self.receive}" if self.receive else ""
-        return f"<Worker {self.hostname} {self.kind}{receive} {state}>"
+        digest = " digest" if self.digest else ""
+        return f"<Worker {self.hostname} {self.kind}{receive}{digest} {state}>"
 
     @property
     def gossip_fast(self) -> bool:
@@ -224,6 +231,8 @@ class Worker:
             env["GOSSIP_FAST_NO_EXTENSIONS"] = "1"
         if self.receive is not None:
             env["GOSSIP_FAST_RECEIVE"] = self.receive
+        if self.digest:
+            env["CLUSTER_DIGEST"] = "1"
         env.update(self.extra_env)
         return env
 
@@ -388,7 +397,7 @@ class Cluster:
         ``extra_args`` and ``env`` (more environment): see :class:`Worker`."""
         new = []
         for kind in kinds:
-            name = f"{self.prefix}-{len(self.workers)}-{kind.replace(':', '-')}"
+            name = f"{self.prefix}-{len(self.workers)}-{kind.replace(':', '-').replace('+', '-')}"
             worker = Worker(self, name, kind)
             worker.route, worker.extra_args = route, list(extra_args)
             worker.extra_env = dict(env or {})
