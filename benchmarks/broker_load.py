@@ -77,9 +77,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from gossip_fast.digest import codec  # noqa: E402
-from gossip_fast.digest.codec import (  # noqa: E402
-    Announce, Digest, Member, PeerFields, Pulse, Snapshot, ViewHash,
-)
+from gossip_fast.digest.codec import Announce, Digest, Member, PeerFields, Pulse, Snapshot, ViewHash  # noqa: E402
 from gossip_fast.digest.names import DigestNames  # noqa: E402
 
 FREQ = 2.0               # heartbeat interval of the simulated workers (s)
@@ -153,8 +151,9 @@ _declared = set()
 
 
 def _open_amqp(url, spec, timeout=20.0):
-    import amqp
     from urllib.parse import unquote, urlsplit
+
+    import amqp
     parts = urlsplit(url)
     vhost = unquote(parts.path[1:]) or '/'
     conn = amqp.Connection(f'{parts.hostname}:{parts.port or 5672}',
@@ -324,11 +323,11 @@ class SubscriberPool:
 
     def call_all(self, per_proc):
         """Send each process its command (in parallel), then collect replies."""
-        for proc, cmd in zip(self.procs, per_proc):
+        for proc, cmd in zip(self.procs, per_proc, strict=True):
             if cmd is not None:
                 self._send(proc, **cmd)
         replies = []
-        for proc, cmd in zip(self.procs, per_proc):
+        for proc, cmd in zip(self.procs, per_proc, strict=True):
             replies.append(self._read(proc) if cmd is not None else None)
         return replies
 
@@ -526,7 +525,7 @@ class DigestTraffic(threading.Thread):
                 while not self.stop_event.is_set():
                     now = start + tick * TICK
                     self.clock += 500
-                    for member in self._churn(tick, pending):  # the joiner asks for a snapshot
+                    for _member in self._churn(tick, pending):  # the joiner asks for a snapshot
                         if self.members:
                             target = self.rng.choice(self.members)
                             self._publish(producer, exchange, self.names.snapshot_key(target),
@@ -729,7 +728,7 @@ def run_point(args, broker, pool, publishers, mode, s, prefix):
 
     traffic = None
     if mode == 'digest' and not args.no_digest_traffic:
-        members = [h for h, sp in zip(subscriber_names(s), specs)
+        members = [h for h, sp in zip(subscriber_names(s), specs, strict=True)
                    if sp['role'] in ('member', 'successor')]
         traffic = DigestTraffic(broker.url, cluster_hosts(prefix, size), members, args.churn,
                                 args.relays)
@@ -836,8 +835,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.subscriber_process:
         return subscriber_main()
-    from benchmarks.cluster.run import Broker, Publishers, check_wire, machine_info
     from benchmarks import broker_load_report as report
+    from benchmarks.cluster.run import Broker, Publishers, check_wire, machine_info
 
     def terminate(signum, frame):
         raise KeyboardInterrupt

@@ -48,7 +48,13 @@ if ROOT not in sys.path:
 
 from benchmarks.cluster.cpu import ProcessCPU  # noqa: E402
 from benchmarks.cluster.run import (  # noqa: E402
-    Broker, Publishers, Worker, log, machine_info, snapshot, worker_cpu,
+    Broker,
+    Publishers,
+    Worker,
+    log,
+    machine_info,
+    snapshot,
+    worker_cpu,
 )
 
 
@@ -206,7 +212,7 @@ def main(argv=None):
     print('| broker | fast (normal) | relay | successor | member | baseline (no gossip) '
           '| member / fast | net of baseline | idle: fast | idle: member |')
     print('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
-    for kind, result in results['brokers'].items():
+    for result in results['brokers'].values():
         s = result['summary']
         net = s['net_member_over_fast']
         print(f"| {result['label']} | {s['fast_ms_per_s']:.2f} | {s['relay_ms_per_s']:.2f} | "

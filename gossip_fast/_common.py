@@ -14,6 +14,7 @@ are called by both.  They use only the public attributes of the objects
 they are given, which both cores have.
 """
 import time
+from itertools import pairwise
 
 from kombu.message import Message
 from kombu.serialization import loads as kombu_loads
@@ -107,7 +108,7 @@ def sort_heap(self, h):
         return h[0]
     if h[0][0] == h[1][0]:
         same = []
-        for prev, nxt in zip(h, h[1:]):
+        for prev, nxt in pairwise(h):
             if prev[0] != nxt[0]:
                 break
             same.append(prev)

@@ -24,8 +24,18 @@ from decimal import Decimal
 
 from . import _common
 from ._common import (  # noqa: F401 - the limits both cores export
-    CLOCK_CEILING, DEFAULT_FIELDS, DRIFT_MAX, EXPIRE_FACTOR, MAX_FREQ, MAX_PEER_CLOCK,
-    MAX_TIME, REJECTED, RESERVED_FIELDS, SLOTS_PER_SECOND, valid_peer_clock)
+    CLOCK_CEILING,
+    DEFAULT_FIELDS,
+    DRIFT_MAX,
+    EXPIRE_FACTOR,
+    MAX_FREQ,
+    MAX_PEER_CLOCK,
+    MAX_TIME,
+    REJECTED,
+    RESERVED_FIELDS,
+    SLOTS_PER_SECOND,
+    valid_peer_clock,
+)
 
 __all__ = _common.CORE_ALL
 

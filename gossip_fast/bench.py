@@ -17,7 +17,6 @@ The helpers here (:func:`make_gossip`, :func:`heartbeat_messages`,
 ``benchmarks/``.
 """
 import gc
-import json
 import os
 import platform
 import textwrap

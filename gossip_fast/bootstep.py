@@ -17,14 +17,13 @@ from collections import Counter, defaultdict
 from functools import partial
 from time import monotonic, time
 
-from kombu import Consumer
-from kombu.asynchronous.semaphore import DummyLock
-from kombu.serialization import prepare_accept_content
-
 from celery import bootsteps
 from celery.utils.log import get_logger
 from celery.utils.objects import Bunch
 from celery.worker.consumer.mingle import Mingle
+from kombu import Consumer
+from kombu.asynchronous.semaphore import DummyLock
+from kombu.serialization import prepare_accept_content
 
 from . import fastpath, implementation, observability
 from .badinput import BadInput

@@ -52,7 +52,7 @@ def plot_report(report, path):
         ('bytes_per_worker', 'memory per tracked worker', 'B', False, 'memory'),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(12.5, 4.8))
-    for ax, (key, title, unit, log, speed_key) in zip(axes, panels):
+    for ax, (key, title, unit, log, speed_key) in zip(axes, panels, strict=True):
         values = [res[i][key] for i in impls]
         bars = ax.bar(range(len(impls)), values, color=[COLORS.get(i, '#59a14f') for i in impls],
                       width=0.65)
@@ -61,7 +61,7 @@ def plot_report(report, path):
             ax.set_ylim(min(values) / 3, max(values) * 12)
         else:
             ax.set_ylim(0, max(values) * 1.35)
-        for bar, impl, value in zip(bars, impls, values):
+        for bar, impl, value in zip(bars, impls, values, strict=True):
             speedup = res[impl].get('speedup_vs_stock', {}).get(speed_key)
             speedup = None if impl == 'stock' else speedup
             ax.annotate(_label(value, unit, speedup),

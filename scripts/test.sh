@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite, in two passes:
+# Set up and run the whole test suite: the linter (ruff, [tool.ruff] in
+# pyproject.toml), then two passes:
 #  1. pytest tests: unit, differential, property and fuzz tests on both
 #     implementations, real Redis/RabbitMQ broker tests, real-worker cluster
 #     tests and the packaging check (in .venv, the newest Celery);
@@ -8,13 +9,17 @@
 # Extra arguments go to pytest in pass 1 (e.g. scripts/test.sh -m "not
 # cluster", or -k election); pass 2 then does not run, since a filter meant
 # for one pass would not select the same tests in the other: run it with
-# `scripts/test-compat.sh <same arguments>`.  GOSSIP_FAST_SKIP_COMPAT=1 skips
+# `scripts/test-compat.sh <same arguments>`; nor does the linter (run it
+# with `.venv/bin/ruff check .`).  GOSSIP_FAST_SKIP_COMPAT=1 skips
 # pass 2 always.  The install is redone only when something changed
 # (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/install-brokers.sh
+if [ "$#" -eq 0 ]; then
+    .venv/bin/ruff check .
+fi
 set +e
 # no explicit "tests": pyproject's testpaths picks it when no path is given,
 # so "scripts/test.sh tests/test_cli.py" runs that file only

@@ -392,7 +392,7 @@ class RabbitMQServer(_Server):
                 self._user = None
         if self._user is not None:
             uid, gid = self._user.pw_uid, self._user.pw_gid
-            for root, dirs, names in os.walk(folder):
+            for root, _dirs, names in os.walk(folder):
                 for path in [root, *(os.path.join(root, n) for n in names)]:
                     os.chown(path, uid, gid)
 

@@ -15,7 +15,7 @@ from gossip_fast import bootstep, elections
 from gossip_fast.simulate import SimulatedConsumer
 
 from . import wire
-from .conftest import make_app, make_gossip
+from .conftest import make_app
 
 # -- Keep 1-3: construction ---------------------------------------------------
 
@@ -531,7 +531,7 @@ def test_more_than_5000_workers_without_eviction(gossip, fast_prepare):
     joins = []
     gossip.on.node_join.add(lambda w: joins.append(w.hostname))
     now = time.time()
-    for round_ in range(2):
+    for _round in range(2):
         for i in range(6000):
             gossip.on_message(fast_prepare, wire.heartbeat(f"w{i}@x", timestamp=now))
     assert len(gossip.state.workers) == 6000 and len(joins) == 6000

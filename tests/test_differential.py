@@ -183,7 +183,7 @@ def run_stream(seed, transport, mode, names):
                 for runner in runners:
                     runner.feed(transport, key, raw, headers)
             snapshots = [runner.snapshot() for runner in runners]
-            for runner, snap in zip(runners[1:], snapshots[1:]):
+            for runner, snap in zip(runners[1:], snapshots[1:], strict=True):
                 assert snap == snapshots[0], (
                     f"seed {seed}: {runner.name} differs from {runners[0].name} "
                     f"after {key if roll >= 0.2 else 'time/sweep'}")

@@ -7,10 +7,7 @@ import zlib
 import pytest
 
 from gossip_fast.digest import codec
-from gossip_fast.digest.codec import (
-    Announce, Digest, DigestDecoder, Member, PeerFields, Pulse, Snapshot, ViewHash,
-    decode, encode, member_hash,
-)
+from gossip_fast.digest.codec import decode, encode
 
 
 def host(i):
@@ -21,22 +18,22 @@ def digest(**kw):
     fields = dict(hostname='relay@a', pid=11, clock=1234, time=1_700_000_000.5,
                   term=3, seq=8, base_term=3, base=7, count=2, hash=0xDEADBEEF01234567,
                   relays=('relay@a', 'relay@b'), interval=1.0,
-                  joined=(Member('w1@x', 101, 2.0, 3, 1_700_000_000_123),),
+                  joined=(codec.Member('w1@x', 101, 2.0, 3, 1_700_000_000_123),),
                   left=('w2@x',), lost=('w3@x',))
     fields.update(kw)
-    return Digest(**fields)
+    return codec.Digest(**fields)
 
 
 def snapshot(n=3, **kw):
-    members = tuple(Member(host(i), 1000 + i, 2.0, 3 if i % 2 else 0, 0) for i in range(n))
-    fields = tuple(PeerFields(i, 10 * i, (0.1, 0.2, 0.3), 'py-celery', '5.7.0', 'Linux')
+    members = tuple(codec.Member(host(i), 1000 + i, 2.0, 3 if i % 2 else 0, 0) for i in range(n))
+    fields = tuple(codec.PeerFields(i, 10 * i, (0.1, 0.2, 0.3), 'py-celery', '5.7.0', 'Linux')
                    for i in range(n))
-    vh = ViewHash((m.hostname, m.pid) for m in members)
+    vh = codec.ViewHash((m.hostname, m.pid) for m in members)
     base = dict(hostname='relay@a', pid=11, clock=99, time=1_700_000_000.0, term=1, seq=5,
                 count=vh.count, hash=vh.value, relays=('relay@a',), interval=1.0,
                 members=members, fields=fields, request='req-1')
     base.update(kw)
-    return Snapshot(**base)
+    return codec.Snapshot(**base)
 
 
 def test_digest_round_trip():
@@ -46,7 +43,7 @@ def test_digest_round_trip():
     back, reason = decode(body)
     assert reason is None
     assert back == msg
-    assert isinstance(back, Digest) and back.kind == 'd'
+    assert isinstance(back, codec.Digest) and back.kind == 'd'
 
 
 def test_snapshot_round_trip_compressed():
@@ -65,11 +62,11 @@ def test_snapshot_without_fields_and_request():
     msg = snapshot(2, fields=(), request=None)
     back, reason = decode(encode(msg))
     assert reason is None
-    assert back.fields == (PeerFields(),) * 2 and back.request is None
+    assert back.fields == (codec.PeerFields(),) * 2 and back.request is None
 
 
 def test_announce_round_trip():
-    msg = Announce('w9@x', 77, 5, 1_700_000_001.0, flags=3, term=2, seq=40, count=10,
+    msg = codec.Announce('w9@x', 77, 5, 1_700_000_001.0, flags=3, term=2, seq=40, count=10,
                    hash=2 ** 64 - 1, request='r1')
     back, reason = decode(encode(msg))
     assert reason is None and back == msg
@@ -79,7 +76,7 @@ def test_announce_round_trip():
 
 
 def test_pulse_round_trip():
-    msg = Pulse('relay@a', 11, 5, 1_700_000_000.0, 2, 9, 100, 12345, ('relay@a', 's@b'), 1.0)
+    msg = codec.Pulse('relay@a', 11, 5, 1_700_000_000.0, 2, 9, 100, 12345, ('relay@a', 's@b'), 1.0)
     body = encode(msg)
     assert len(body) < 200
     back, reason = decode(body)
@@ -89,7 +86,7 @@ def test_pulse_round_trip():
 
 def test_non_ascii_and_odd_hostnames_round_trip():
     for name in ('célery@hôte', 'a*b#c@x', 'x' * 255, 'lone\udc80surrogate@x'):
-        msg = digest(joined=(Member(name, 1, 2.0),), left=(), lost=())
+        msg = digest(joined=(codec.Member(name, 1, 2.0),), left=(), lost=())
         back, reason = decode(encode(msg))
         assert reason is None and back.joined[0].hostname == name
 
@@ -200,7 +197,7 @@ def test_bad_snapshot_fields(changes, reason):
     ({'s': -1}, 'bad_field:s'),
 ])
 def test_bad_announce_fields(changes, reason):
-    msg = Announce('w@x', 1, 2, 3.0, request='r')
+    msg = codec.Announce('w@x', 1, 2, 3.0, request='r')
     assert decode(_mutated(msg, **changes)) == (None, reason)
 
 
@@ -236,7 +233,7 @@ def test_random_bytes_never_raise():
 def test_decoder_counts_and_rate_limits_its_log():
     lines = []
     now = [100.0]
-    dec = DigestDecoder(log_interval=10.0, log=lambda *a: lines.append(a[0] % a[1:]),
+    dec = codec.DigestDecoder(log_interval=10.0, log=lambda *a: lines.append(a[0] % a[1:]),
                         clock=lambda: now[0])
     assert dec(encode(digest())) == digest()
     for _ in range(3):
@@ -250,14 +247,14 @@ def test_decoder_counts_and_rate_limits_its_log():
 
 def test_decoder_logs_through_the_module_logger(caplog):
     with caplog.at_level(logging.WARNING, logger=codec.logger.name):
-        DigestDecoder()(b'{}', sender='w@x')
+        codec.DigestDecoder()(b'{}', sender='w@x')
     assert 'dropped a message from w@x: version' in caplog.text
 
 
 def test_view_hash_is_order_independent_and_incremental():
     members = [(host(i), 100 + i) for i in range(50)]
-    a = ViewHash(members)
-    b = ViewHash(reversed(members))
+    a = codec.ViewHash(members)
+    b = codec.ViewHash(reversed(members))
     assert a.value == b.value and len(a) == 50
     b.discard(host(3))
     assert b.value != a.value and len(b) == 49 and host(3) not in b
@@ -266,7 +263,7 @@ def test_view_hash_is_order_independent_and_incremental():
     b.add(host(3), 103)  # again: no change
     assert b.value == a.value and len(b) == 50
     b.add(host(3), 999)  # restarted with a new pid
-    assert b.value == a.value ^ member_hash(host(3), 103) ^ member_hash(host(3), 999)
+    assert b.value == a.value ^ codec.member_hash(host(3), 103) ^ codec.member_hash(host(3), 999)
     assert len(b) == 50
     b.discard('nobody@x')
     assert len(b) == 50
@@ -274,6 +271,6 @@ def test_view_hash_is_order_independent_and_incremental():
 
 def test_member_hash_is_stable():
     # a fixed value: the hash must not change between releases, platforms or runs
-    assert member_hash('w@x', 1) == int.from_bytes(
+    assert codec.member_hash('w@x', 1) == int.from_bytes(
         __import__('hashlib').blake2b(b'w@x\x001', digest_size=8, person=b'gf-view1').digest(),
         'big')

@@ -11,9 +11,14 @@ import pytest
 from kombu.asynchronous import Hub
 from kombu.asynchronous.timer import Timer
 
-from gossip_fast.digest import mode as digest_mode
 from gossip_fast.digest.codec import (
-    CONTENT_TYPE, Announce, Member, PeerFields, Pulse, decode, encode,
+    CONTENT_TYPE,
+    Announce,
+    Member,
+    PeerFields,
+    Pulse,
+    decode,
+    encode,
 )
 from gossip_fast.digest.names import DigestNames, snapshot_suffix
 from gossip_fast.digest.readers import Dispatch

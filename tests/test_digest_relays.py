@@ -7,7 +7,13 @@ from gossip_fast.digest import names, relays
 from gossip_fast.digest.codec import FLAG_DIGEST, FLAG_ELIGIBLE, Member
 from gossip_fast.digest.names import DigestNames, snapshot_suffix
 from gossip_fast.digest.relays import (
-    choose_relays, eligible, rank, ranked, should_publish, succession, takeover_after,
+    choose_relays,
+    eligible,
+    rank,
+    ranked,
+    should_publish,
+    succession,
+    takeover_after,
 )
 
 BOTH = FLAG_DIGEST | FLAG_ELIGIBLE

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from itertools import pairwise
 
 import pytest
 import redis
@@ -627,7 +628,7 @@ def test_failed_reconnects_back_off_exponentially(nodes, monkeypatch):
         reader.drain()
         waits.append(reader.retry_at - time.monotonic())
     assert reader.errors == 4 and reader.reconnects == 0
-    assert all(later > 1.5 * earlier for earlier, later in zip(waits, waits[1:]))
+    assert all(later > 1.5 * earlier for earlier, later in pairwise(waits))
     monkeypatch.undo()
     reader.retry_at = time.monotonic()
     reader.drain()

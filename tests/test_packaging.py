@@ -152,10 +152,10 @@ def _stub_functions():
         a = fn.args
         pos = a.posonlyargs + a.args
         defaults = [None] * (len(pos) - len(a.defaults)) + list(a.defaults)
-        out = [(p.arg, d is not None) for p, d in zip(pos, defaults)]
+        out = [(p.arg, d is not None) for p, d in zip(pos, defaults, strict=True)]
         if a.vararg:
             out.append(('*' + a.vararg.arg, False))
-        out += [(p.arg, d is not None) for p, d in zip(a.kwonlyargs, a.kw_defaults)]
+        out += [(p.arg, d is not None) for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)]
         if a.kwarg:
             out.append(('**' + a.kwarg.arg, False))
         return out

@@ -88,7 +88,7 @@ def constructor_params(cls):
     a = fn.args
     pos = a.posonlyargs + a.args
     defaults = [None] * (len(pos) - len(a.defaults)) + list(a.defaults)
-    return [(p.arg, d is not None) for p, d in zip(pos, defaults)]
+    return [(p.arg, d is not None) for p, d in zip(pos, defaults, strict=True)]
 
 
 def test_same_module_level_names(cores):

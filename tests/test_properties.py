@@ -8,11 +8,9 @@ and the fallback end in the same state with the same counters.
 """
 import json
 import math
-import time
 
 import time_machine
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gossip_fast.simulate import make_message
 

@@ -137,7 +137,7 @@ def test_clock_is_thread_safe(core):
     per_thread = 20_000
 
     def work():
-        for i in range(per_thread):
+        for _i in range(per_thread):
             clock.forward()
             clock.adjust(0)
     pool = [threading.Thread(target=work) for _ in range(threads)]
@@ -171,7 +171,7 @@ def test_worker_entries_are_small(core):
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     from gossip_fast.bootstep import Gossip  # noqa: F401
-    for i, body in enumerate(bodies):
+    for _i, body in enumerate(bodies):
         import json
         event = json.loads(body)
         event["local_received"] = 1000.0

@@ -52,8 +52,8 @@ import time
 from base64 import b64encode
 from struct import pack
 
-from kombu import Connection, Producer
 from celery.events.event import get_exchange
+from kombu import Connection, Producer
 
 from gossip_fast.simulate import heartbeat_body
 

@@ -93,7 +93,7 @@ def _fmt_pct(value):
 def _run_ratios(stock, fast):
     """stock ÷ gossip_fast in each window (both measured in the same one)."""
     return [_ratio(s['cpu_pct'], f['cpu_pct'])
-            for s, f in zip(stock.get('runs') or [], fast.get('runs') or [])
+            for s, f in zip(stock.get('runs') or [], fast.get('runs') or [], strict=False)
             if _ratio(s['cpu_pct'], f['cpu_pct'])]
 
 
@@ -304,7 +304,7 @@ def _bench_threads_check(entry):
     """The benchmark's own threads' CPU, left out of the workers' (one line)."""
     bits = []
     for window in windows(entry):
-        for kind, r in window['workers'].items():
+        for _kind, r in window['workers'].items():
             if r.get('bench_cpu_seconds') is not None and window.get('seconds'):
                 bits.append(100.0 * r['bench_cpu_seconds'] / window['seconds'])
     if not bits:
@@ -413,7 +413,7 @@ def _max_rate_section(results, brokers, add):
         'CPU % there | us / heartbeat there | lowest rate not followed | why there | '
         'broker CPU % / machine busy % there |')
     add('| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |')
-    for bkind, entry in brokers.items():
+    for _bkind, entry in brokers.items():
         for ramp in entry.get('max_rate', []):
             if not ramp.get('steps'):
                 continue  # interrupted before its first step
@@ -524,7 +524,7 @@ def plot(results, path):
                              squeeze=False, sharey='row', height_ratios=(3, 2))
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}')
     ratios = list(TARGETS.values())
-    for col, (bkind, entry) in enumerate(brokers):
+    for col, (_bkind, entry) in enumerate(brokers):
         ax, ax_ratio = axes[0][col], axes[1][col]
         sizes = [w['size'] for w in windows(entry)]
         kinds = list(windows(entry)[0]['workers'])

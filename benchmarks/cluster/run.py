@@ -57,12 +57,11 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tests.brokers import RabbitMQServer, RedisServer, stop_process_group  # noqa: E402
-
 from benchmarks.cluster import report  # noqa: E402
 from benchmarks.cluster.cpu import ProcessCPU, delta as cpu_delta  # noqa: E402
 from benchmarks.cluster.latency import PERIOD as LATENCY_PERIOD, summarize  # noqa: E402
 from benchmarks.cluster.publisher import sim_hostname  # noqa: E402
+from tests.brokers import RabbitMQServer, RedisServer, stop_process_group  # noqa: E402
 
 FREQ = 2.0                      # heartbeat interval of every simulated worker (s)
 FOLLOW_RATIO = 0.95             # applied / published, to count as following
@@ -123,7 +122,8 @@ def parse_args(argv=None):
     p.add_argument('--no-max-rate', action='store_true', help='skip the highest-rate search')
     p.add_argument('--ramp-kinds', help='comma list of the kinds whose highest rate is searched '
                                         '(default stock,fast: classic\'s ramp would add ~4 min)')
-    p.add_argument('--ramp-start', type=float, help='first rate of the ramp, heartbeats/s (default 1000; quick 2500)')
+    p.add_argument('--ramp-start', type=float,
+                   help='first rate of the ramp, heartbeats/s (default 1000; quick 2500)')
     p.add_argument('--ramp-steps', type=int, help='at most this many steps per worker (default 9; quick 2)')
     p.add_argument('--ramp-window', type=float, help='seconds of each ramp window (default 8; quick 4)')
     p.add_argument('--ramp-warmup', type=float, help='seconds before each ramp window (default 4; quick 3)')
@@ -574,8 +574,9 @@ def check_wire(broker, mode):
             got_body = json.loads(base64.b64decode(got['body']))
             ref_body = json.loads(base64.b64decode(ref['body']))
         else:
-            import amqp
             from urllib.parse import urlsplit
+
+            import amqp
             parts = urlsplit(broker.url)
             conn = amqp.Connection(f'{parts.hostname}:{parts.port}', userid='guest', password='guest')
             conn.connect()
@@ -949,8 +950,10 @@ def combine(runs):
     wall = sum(r['seconds'] for r in runs)
 
     def mean(key):
-        values = [r[key] for r in runs if r[key] is not None]
-        return sum(v * r['seconds'] for v, r in zip(values, runs)) / wall if values else None
+        # weighted by each window's length, over the windows that have a value
+        known = [r for r in runs if r[key] is not None]
+        seconds = sum(r['seconds'] for r in known)
+        return sum(r[key] * r['seconds'] for r in known) / seconds if known else None
 
     window = {k: runs[-1][k] for k in ('target_rate', 'publisher_processes', 'publisher_behind')}
     window.update(seconds=round(wall, 2), repeats=len(runs), loadavg=runs[-1]['loadavg'],
@@ -961,7 +964,7 @@ def combine(runs):
         rs = [r['workers'][kind] for r in runs]
         cpu = sum(x['cpu_seconds'] for x in rs)
         rates = [x['applied_rate'] for x in rs]
-        applied = (sum(rate * r['seconds'] for rate, r in zip(rates, runs)) / wall
+        applied = (sum(rate * r['seconds'] for rate, r in zip(rates, runs, strict=True)) / wall
                    if None not in rates else None)
         heartbeats = (applied or 0) * wall
         w = dict(rs[-1])  # backlog at the end, receive path, tracked workers, ...
@@ -974,7 +977,7 @@ def combine(runs):
             us_per_heartbeat=(1e6 * cpu / heartbeats) if window['target_rate'] and heartbeats > 1 else None,
             follow_ratio=(applied / window['published_rate']
                           if applied is not None and window['published_rate'] else None),
-            joins_per_s=sum(x['joins_per_s'] * r['seconds'] for x, r in zip(rs, runs)) / wall,
+            joins_per_s=sum(x['joins_per_s'] * r['seconds'] for x, r in zip(rs, runs, strict=True)) / wall,
             lost=sum(x['lost'] for x in rs),
             shed=sum(x['shed'] for x in rs),
             backlog_start=rs[0]['backlog_start'],

@@ -20,13 +20,20 @@ definition of what goes on the wire:
     the relay's change log (builds digests), as pure state machines.
 """
 from .codec import (
-    Announce, Digest, DigestDecoder, Member, PeerFields, Pulse, Snapshot,
-    ViewHash, decode, encode, member_hash,
+    Announce,
+    Digest,
+    DigestDecoder,
+    Member,
+    PeerFields,
+    Pulse,
+    Snapshot,
+    ViewHash,
+    decode,
+    encode,
+    member_hash,
 )
 from .names import DigestNames
-from .relays import (
-    choose_relays, rank, ranked, should_publish, succession, takeover_after,
-)
+from .relays import choose_relays, rank, ranked, should_publish, succession, takeover_after
 from .view import Applied, ChangeLog, MemberView
 
 __all__ = (

@@ -249,7 +249,7 @@ def encode(msg, compress=None):
         out = _relay_header(msg)
         table, index, rows = [], {}, []
         fields = msg.fields or (PeerFields(),) * len(msg.members)
-        for m, f in zip(msg.members, fields):
+        for m, f in zip(msg.members, fields, strict=True):
             sw = -1
             if f.sw_ident is not None or f.sw_ver is not None or f.sw_sys is not None:
                 key = (f.sw_ident, f.sw_ver, f.sw_sys)

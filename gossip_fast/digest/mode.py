@@ -36,14 +36,20 @@ from .. import fastpath
 from ..fastpath.loop import HubDriver
 from . import settings as digest_settings
 from .codec import (
-    CONTENT_ENCODING, CONTENT_TYPE, FLAG_DIGEST, FLAG_ELIGIBLE, Announce, Pulse,
-    decode, encode,
+    CONTENT_ENCODING,
+    CONTENT_TYPE,
+    FLAG_DIGEST,
+    FLAG_ELIGIBLE,
+    Announce,
+    Pulse,
+    decode,
+    encode,
 )
 from .members import ViewState
 from .names import WORKER_KEY, DigestNames
 from .relay import Relay
 from .relays import eligible
-from .role import MEMBER, NEW_TERM, RELAY, STEP_DOWN, SUCCESSOR, Role
+from .role import NEW_TERM, RELAY, STEP_DOWN, SUCCESSOR, Role
 from .view import MemberView
 
 __all__ = ('DigestMode', 'attach')

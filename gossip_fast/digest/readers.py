@@ -80,36 +80,9 @@ class DigestRedisReader(RedisReader):
         self.receiver = dispatch
         self.digest_exchange = dispatch.exchange
 
-    def connect(self):
-        self.close()
-        self._stopped = False
+    def _subscription(self):
         self._dedup = None
-        conn = self._open()
-        try:
-            sock = conn._sock
-            timeout = conn.socket_timeout or self.connect_timeout
-            sock.settimeout(timeout)
-            self._new_parser()
-            self._subscribed = 0
-            channels = self.channels
-            if channels:
-                sock.sendall(_command('SUBSCRIBE', *channels))
-            deadline = time.monotonic() + timeout
-            while self._subscribed < len(channels):
-                if time.monotonic() > deadline:
-                    raise TimeoutError('no SUBSCRIBE confirmation from Redis')
-                count = sock.recv_into(self._buf)
-                if not count:
-                    raise ConnectionError('Redis closed the connection')
-                self._feed(self._buf, 0, count)
-                self._parse()
-            sock.setblocking(False)
-        except BaseException:
-            self.close()
-            raise
-        self._last_recv = time.monotonic()
-        self._pinged = False
-        self.sock = sock  # tells the watcher
+        return 'SUBSCRIBE', self.channels
 
     def _new_parser(self):
         self._parser = hiredis.Reader()
@@ -186,6 +159,7 @@ def digest_queue(app, connection, bindings, ttl, name=None):
     kombu *connection*), the digest exchange as
     :meth:`~gossip_fast.digest.names.DigestNames.kombu_exchange` does."""
     from celery.events.event import get_exchange
+
     from .names import DigestNames
 
     event_exchange = app.conf.event_exchange

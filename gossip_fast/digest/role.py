@@ -89,8 +89,9 @@ class Role:
         """A relay message (digest, pulse or snapshot) of *term* from
         *sender*, listing *relays*.
 
-        A member follows it if it is :meth:`current`.  Returns :data:`STEP_DOWN` or :data:`NEW_TERM` for a relay that must
-        act, else None."""
+        A member follows it if it is :meth:`current`.  Returns
+        :data:`STEP_DOWN` or :data:`NEW_TERM` for a relay that must act, else
+        None."""
         if sender == self.me:
             return None
         if self.role == RELAY:

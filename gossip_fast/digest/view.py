@@ -217,7 +217,7 @@ class MemberView:
         for hostname in [h for h in self.members if h not in present]:
             self._drop(hostname, lost)
         fields = snap.fields or (PeerFields(),) * len(snap.members)
-        for member, peer in zip(snap.members, fields):
+        for member, peer in zip(snap.members, fields, strict=True):
             self._put(member, joined)
             self.fields[member.hostname] = peer
         self.term, self.seq = snap.term, snap.seq

@@ -201,6 +201,36 @@ class RedisReader(Reader):
     def connect(self):
         self.close()
         self._stopped = False
+        command, topics = self._subscription()
+        conn = self._open()
+        try:
+            sock = conn._sock
+            timeout = conn.socket_timeout or self.connect_timeout
+            sock.settimeout(timeout)
+            self._new_parser()
+            self._subscribed = 0
+            if topics:
+                sock.sendall(_command(command, *topics))
+            deadline = time.monotonic() + timeout
+            while self._subscribed < len(topics):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f'no {command} confirmation from Redis')
+                count = sock.recv_into(self._buf)
+                if not count:
+                    raise ConnectionError('Redis closed the connection')
+                self._feed(self._buf, 0, count)
+                self._parse()
+            sock.setblocking(False)
+        except BaseException:
+            self.close()
+            raise
+        self._last_recv = time.monotonic()
+        self._pinged = False
+        self.sock = sock  # tells the watcher
+
+    def _subscription(self):
+        """What to subscribe to on connect: ``(command, topics)``; here
+        the event queue's patterns, as kombu's Redis channel subscribes."""
         channel = self.channel
         if not self._declared:
             # as kombu's Consumer: bind a copy to the channel and declare it
@@ -215,30 +245,7 @@ class RedisReader(Reader):
                 self._dedup = {}
         else:
             self._dedup = None
-        conn = self._open()
-        try:
-            sock = conn._sock
-            timeout = conn.socket_timeout or self.connect_timeout
-            sock.settimeout(timeout)
-            sock.sendall(_command('PSUBSCRIBE', *self._topics))
-            self._new_parser()
-            self._subscribed = 0
-            deadline = time.monotonic() + timeout
-            while self._subscribed < len(self._topics):
-                if time.monotonic() > deadline:
-                    raise TimeoutError('no PSUBSCRIBE confirmation from Redis')
-                count = sock.recv_into(self._buf)
-                if not count:
-                    raise ConnectionError('Redis closed the connection')
-                self._feed(self._buf, 0, count)
-                self._parse()
-            sock.setblocking(False)
-        except BaseException:
-            self.close()
-            raise
-        self._last_recv = time.monotonic()
-        self._pinged = False
-        self.sock = sock  # tells the watcher
+        return 'PSUBSCRIBE', self._topics
 
     def _new_parser(self):
         scanner = getattr(self.gossip.core, 'PubSubScanner', None)

@@ -67,7 +67,7 @@ def _gossip_steps(c):
     """Names of the steps of this consumer that are a Gossip step."""
     from celery.worker.consumer.gossip import Gossip as StockGossip
     names = []
-    for name, step in c.blueprint.steps.items():
+    for _name, step in c.blueprint.steps.items():
         if isinstance(step, StockGossip) or getattr(step, 'label', None) == 'Gossip':
             names.append(f'{type(step).__module__}.{type(step).__name__}')
     return names

@@ -590,9 +590,10 @@ def rabbitmq_queues(server) -> list[dict]:
 def redis_subscriptions(url: str, workers: Iterable[Worker]) -> dict[str, dict]:
     """Per worker: its Redis connections and their pattern/channel subscriptions
     (``CLIENT LIST``, clients matched to worker processes by local port)."""
+    from urllib.parse import urlsplit
+
     import psutil
     import redis
-    from urllib.parse import urlsplit
 
     server_port = urlsplit(url).port
     owner = {}

@@ -29,8 +29,8 @@ from .harness import (
     assert_clean_logs,
     rabbitmq_queues,
     record_result,
-    running_cluster,
     redis_subscriptions,
+    running_cluster,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.broker]

@@ -68,7 +68,7 @@ class TestConnectionChurn:
             broker.restart()
             cluster.close_client()
             cluster.wait_for(
-                lambda: all(len(w.connected_times()) > connected[w.hostname]
+                lambda connected=connected: all(len(w.connected_times()) > connected[w.hostname]
                             for w in workers),
                 RECONNECT_TIMEOUT, "every worker reconnected", interval=0.2)
         elapsed = time.monotonic() - began

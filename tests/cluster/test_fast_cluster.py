@@ -18,8 +18,8 @@ from .harness import (
     decided,
     join_counts,
     record_result,
-    running_cluster,
     run_election,
+    running_cluster,
     wait_more_heartbeats,
 )
 

@@ -65,6 +65,7 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import pytest
 
@@ -409,8 +410,8 @@ class Replayer:
         self.producer = producer
         self.driver = producer.driver
         if self.driver == "redis":
-            from kombu.utils.json import dumps as kombu_dumps
             import redis
+            from kombu.utils.json import dumps as kombu_dumps
 
             self.client = redis.Redis.from_url(producer.conn.as_uri(include_password=True))
             self.parts = []
@@ -631,7 +632,7 @@ class Hostile:
             accepted = {c.host for c in cases if c.accepted}
             stats, mismatch = self.wait_counts(
                 before, expected, 10, f"every hostile case counted ({self.phase})",
-                extra=lambda w: accepted <= set(join_counts(w)))
+                extra=lambda w, accepted=accepted: accepted <= set(join_counts(w)))
             for worker in self.live():
                 missing = accepted - set(join_counts(worker))
                 if missing:
@@ -1086,7 +1087,7 @@ class TestHostileInput:
         assert len(flood["counted"]) == 2, flood["counted"]
         for hostname, counted in flood["counted"].items():
             assert counted == flood["expected"], (hostname, counted, flood["expected"])
-        for hostname, s in hostile.snapshots["after_flood"].items():
+        for s in hostile.snapshots["after_flood"].values():
             assert s["receive"].get("errors", 0) == 0, s["receive"]
             assert not set(s["dropped"]) & BUG_REASONS, s["dropped"]
 
@@ -1130,7 +1131,7 @@ class TestHostileInput:
             assert all_lines < 100, f"{worker.hostname}: {all_lines} bad-input log lines"
             for reason, found in lines.items():
                 times = [f["time"] for f in found]
-                for earlier, later in zip(times, times[1:]):
+                for earlier, later in pairwise(times):
                     assert later - earlier >= LOG_INTERVAL - 0.01, (reason, times)
                 reported = sum(1 + f["more"] for f in found)
                 assert reported <= totals.get(reason, 0), (reason, reported, totals)

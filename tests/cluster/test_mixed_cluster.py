@@ -79,7 +79,8 @@ class TestMixedCluster:
             sent = gone.terminate()
             assert gone.proc.returncode == 0, gone
             found = cluster.wait_for(
-                lambda: all(o.events("leave", peer=gone.hostname) for o in observers),
+                lambda gone=gone, observers=observers: all(
+                    o.events("leave", peer=gone.hostname) for o in observers),
                 15, f"node_leave({gone.hostname}) on {[o.hostname for o in observers]}")
             assert found
             for observer in observers:

@@ -57,13 +57,7 @@ import time
 
 import pytest
 
-from .harness import (
-    HERE,
-    WaitTimeout,
-    _die_with_parent,
-    record_result,
-    running_cluster,
-)
+from .harness import HERE, WaitTimeout, _die_with_parent, record_result, running_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.broker]
 
