@@ -167,6 +167,23 @@ def rejected(receiver, reason, hostname, detail):
     return REJECTED
 
 
+def delivered_bytes(body, content_encoding):
+    """The bytes of a body that py-amqp handed over as text.
+
+    py-amqp's channels decode every delivered body with its
+    ``content_encoding`` (``auto_decode``, on by default), so a JSON event
+    reaches kombu's consumer as a ``str``; encoded back to UTF-8 it is the
+    wire's bytes again, which the JSON fast lane reads.  Anything else, or
+    text that does not encode, stays with kombu's decoder (None).
+    """
+    if content_encoding not in ('utf-8', 'utf8'):
+        return None
+    try:
+        return body.encode('utf-8')
+    except UnicodeEncodeError:
+        return None
+
+
 def decode(self, message, raw=None):
     """The payload of *message* (or of its *raw* JSON bytes), or
     :data:`REJECTED` (and a rejection) if it is bad.

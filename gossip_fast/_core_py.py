@@ -430,7 +430,10 @@ class Receiver:
 
     def _message_raw(self, message):
         """:meth:`_raw_json` of a kombu message."""
-        return self._raw_json(message.body, message.content_type,
+        body = message.body
+        if type(body) is str:
+            body = _common.delivered_bytes(body, message.content_encoding)
+        return self._raw_json(body, message.content_type,
                               message.content_encoding, message.headers)
 
     decode = _common.decode

@@ -77,6 +77,13 @@ def amqp_message(routing_key, body, hostname=None,
     raw = AMQPMessage(body=body, content_type=content_type,
                       content_encoding=content_encoding,
                       application_headers=headers, delivery_mode=1, priority=0)
+    if hasattr(raw, 'content_encoding'):
+        # py-amqp's channel decodes what it delivers (auto_decode, its
+        # default): kombu's consumer gets the body as text
+        try:
+            raw.body = raw.body.decode(raw.content_encoding)
+        except Exception:
+            pass
     raw.delivery_info = {'consumer_tag': 'None4', 'delivery_tag': 1,
                          'redelivered': False, 'exchange': 'celeryev',
                          'routing_key': routing_key}

@@ -76,12 +76,19 @@ cdef class Receiver:
     cpdef object _message_raw(self, object message):
         """:meth:`raw_json` of a real kombu message, else None."""
         if self.slotted(message):
+            body = _slot(message, _OFF_BODY)
+            content_encoding = _slot(message, _OFF_CONTENT_ENCODING)
+            if type(body) is str:
+                body = _common.delivered_bytes(body, content_encoding)
             return self.raw_json(
-                _slot(message, _OFF_BODY), _slot(message, _OFF_CONTENT_TYPE),
-                _slot(message, _OFF_CONTENT_ENCODING), _slot(message, _OFF_HEADERS))
+                body, _slot(message, _OFF_CONTENT_TYPE),
+                content_encoding, _slot(message, _OFF_HEADERS))
         if not isinstance(message, Message):
             return None
-        return self.raw_json(message.body, message.content_type,
+        body = message.body
+        if type(body) is str:
+            body = _common.delivered_bytes(body, message.content_encoding)
+        return self.raw_json(body, message.content_type,
                              message.content_encoding, message.headers)
 
     decode = _common.decode

@@ -184,3 +184,15 @@ def test_event_handler_lookup(gossip, fast_prepare):
     gossip.on_message(fast_prepare, wire.heartbeat("d@x"))
     assert [event["hostname"] for event in seen] == ["a@x", "b@x", "c@x"]
     assert list(gossip.state.workers) == ["d@x"]
+
+
+def test_text_body_that_does_not_encode_goes_through_kombu(gossip, fast_prepare):
+    """A text body (py-amqp's ``auto_decode``) that is not valid Unicode
+    text (a lone surrogate) is left to kombu's decoder: no raw bytes, no
+    exception out of the consumer."""
+    message = wire.heartbeat("a@x", transport="amqp")
+    assert type(message.body) is str  # as py-amqp delivers it (gossip_fast.simulate)
+    assert gossip._receiver._message_raw(message) == message.body.encode()
+    message.body = message.body.replace('"a@x"', '"a\\ud800@x"').replace("a\\ud800", "a\ud800")
+    assert gossip._receiver._message_raw(message) is None
+    gossip.on_message(fast_prepare, message)  # must not raise

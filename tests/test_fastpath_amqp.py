@@ -21,6 +21,7 @@ import zlib
 from struct import pack
 
 import amqp
+import kombu
 import pytest
 from amqp.serialization import dumps
 from celery import Celery
@@ -744,3 +745,37 @@ def test_shed_beyond_max_pending_drops_the_oldest_heartbeats(wired):
     reader.shed_superseded(pending)
     assert [p[2] for p in pending] == [b"on", b"3", b"4", b"5"]
     assert reader.shed == 3
+
+
+# -- kombu's consumer on RabbitMQ (the classic receive path) ------------------------
+
+
+@pytest.mark.broker
+def test_kombu_delivers_text_bodies_that_the_json_lane_reads(core, url):
+    """py-amqp decodes what it delivers (``auto_decode``): through kombu's
+    consumer (gevent and eventlet pools, ``GOSSIP_FAST_RECEIVE=classic``) an
+    event's body is a ``str``.  The receiver reads it as the wire's bytes,
+    so the JSON fast lane applies it rather than kombu's decoder."""
+    body = heartbeat_body("peer@x", 5, time.time())
+    got = []
+    with Connection(url) as conn:
+        exchange = get_exchange(conn)
+        queue = kombu.Queue("text-bodies", exchange, routing_key="worker.#", auto_delete=True)
+        with kombu.Consumer(conn, [queue], on_message=got.append, no_ack=True):
+            Producer(conn).publish(body, exchange=exchange, routing_key="worker.heartbeat",
+                                   headers={"hostname": "peer@x"}, content_type="application/json",
+                                   content_encoding="utf-8", serializer=None, retry=False)
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=1)
+                except socket.timeout:
+                    pass
+    message, = got
+    assert type(message.body) is str  # py-amqp's doing: the case this test is about
+    gossip = make_gossip(gossip_class(core), Celery("t", broker=url, set_as_current=False))
+    receiver = gossip._receiver
+    assert receiver._message_raw(message) == body
+    gossip.on_message(receiver.fast_prepare, message)
+    assert list(gossip.state.workers) == ["peer@x"] and gossip.state.workers["peer@x"].clock == 5
+    assert receiver.stats()["decode_fallbacks"] == 0

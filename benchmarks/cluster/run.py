@@ -206,8 +206,9 @@ def fast_reader_available(broker):
 class Worker:
     """One ``celery worker --pool solo`` of the bench app."""
 
-    def __init__(self, kind, broker_url, folder, tag, max_delay=None):
+    def __init__(self, kind, broker_url, folder, tag, max_delay=None, wrapper=()):
         self.kind = kind
+        self.wrapper = list(wrapper)  # a command the worker runs under (e.g. valgrind)
         self.broker_url = broker_url
         self.folder = folder
         self.max_delay = max_delay
@@ -237,7 +238,7 @@ class Worker:
             env['GOSSIP_FAST_RECEIVE'] = 'auto'
         if self.kind != 'stock' and self.max_delay is not None:
             env['GOSSIP_FAST_MAX_DELAY'] = repr(self.max_delay)
-        argv = [sys.executable, '-m', 'celery', '-A', 'benchmarks.cluster.app', 'worker',
+        argv = self.wrapper + [sys.executable, '-m', 'celery', '-A', 'benchmarks.cluster.app', 'worker',
                 '--pool', 'solo', '-n', f'{self.name}@%h', '--loglevel', 'WARNING']
         with open(self.log_path, 'ab') as out:
             self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
