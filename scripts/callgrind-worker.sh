@@ -17,8 +17,11 @@ fi
 if ! .venv/bin/python -c 'import psutil, redis' 2>/dev/null; then
     .venv/bin/python -m pip install --quiet 'psutil>=5.9' 'redis>=5' >&2
 fi
+case " $* " in
+    *" -h "*|*" --help "*) exec .venv/bin/python -m benchmarks.cluster.instructions "$@" ;;
+esac
 if ! command -v valgrind >/dev/null; then
-    apt-get install -y -qq valgrind >&2 || { echo "needs valgrind" >&2; exit 1; }
+    { apt-get update -qq && apt-get install -y -qq valgrind; } >&2 || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 fi
 bash scripts/install-brokers.sh >&2
 exec .venv/bin/python -m benchmarks.cluster.instructions "$@"
