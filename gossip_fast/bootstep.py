@@ -71,28 +71,6 @@ def accept_content(app):
     return prepare_accept_content({serializer, 'json'})
 
 
-def close_channel(channel):
-    """Close a kombu channel, even one whose broker is gone.
-
-    kombu's Redis channel deletes its auto-delete fanout bindings before it
-    disconnects its connection pools; with the broker gone that raises, and
-    the pools' sockets stay open (stock Celery leaks two per broker
-    restart this way).  Whatever ``close()`` did not get to, its own
-    cleanup steps finish (they are no-ops once done, and absent on other
-    transports)."""
-    try:
-        channel.close()
-    except Exception:  # pylint: disable=broad-except
-        pass
-    for cleanup in ('_disconnect_pools', '_close_clients'):
-        step = getattr(channel, cleanup, None)
-        if step is not None:
-            try:
-                step()
-            except Exception:  # pylint: disable=broad-except
-                pass
-
-
 class Gossip(Elections, bootsteps.ConsumerStep):
     """Bootstep consuming events from other workers.
 
@@ -306,7 +284,7 @@ class Gossip(Elections, bootsteps.ConsumerStep):
             driver.stop()
             # kombu's consumer step closes only the channels of consumers we
             # returned: the reader's channel is ours to close
-            close_channel(driver.reader.channel)
+            fastpath.close_channel(driver.reader.channel)
 
     def stop(self, c):
         self._stop_reader()
@@ -318,7 +296,7 @@ class Gossip(Elections, bootsteps.ConsumerStep):
         # ConsumerStep's, but quiet and leak-free after a connection loss:
         # Celery 5.7 drops c.connection before it restarts the consumer's
         # steps (kombu's ignore_errors then fails on None and the step logs
-        # "Error on restarting Gossip"), and see close_channel().
+        # "Error on restarting Gossip"), and see fastpath.close_channel().
         channels = []
         for consumer in self.consumers or []:
             if cancel_consumers:
@@ -329,7 +307,7 @@ class Gossip(Elections, bootsteps.ConsumerStep):
             if consumer.channel and consumer.channel not in channels:
                 channels.append(consumer.channel)
         for channel in channels:
-            close_channel(channel)
+            fastpath.close_channel(channel)
 
     def shutdown(self, c):
         self._stop_reader()

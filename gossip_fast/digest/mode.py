@@ -185,8 +185,7 @@ class DigestMode:
             driver.stop()
         channel, self.channel, self._producer = self.channel, None, None
         if channel is not None:
-            from ..bootstep import close_channel
-            close_channel(channel)
+            fastpath.close_channel(channel)
 
     def _publish_channel(self, channel):
         """Where to publish: the connection of the worker's event
