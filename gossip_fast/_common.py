@@ -252,6 +252,28 @@ def on_parts(receiver, routing_key, headers, body, content_type, content_encodin
         headers=headers, delivery_info={'exchange': exchange, 'routing_key': routing_key}))
 
 
+def apply_held(on_raw, items, deadline, minimum, other, error):
+    """``Receiver.apply_held`` with *on_raw* for the argument tuples: the
+    fallback's (and any stand-in receiver's) loop; the compiled core runs
+    the same loop in C."""
+    total = len(items)
+    monotonic = time.monotonic
+    done = 0
+    while done < total:
+        item = items[done]
+        done += 1
+        try:
+            if type(item) is tuple:
+                on_raw(*item)
+            else:
+                other(item)
+        except Exception as exc:  # pylint: disable=broad-except
+            error(exc)
+        if not done & 7 and done >= minimum and monotonic() >= deadline:
+            break
+    return done
+
+
 def prepare(self, body):
     """Apply the Lamport clock rules to *body* and stamp it.
 

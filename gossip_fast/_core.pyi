@@ -181,6 +181,12 @@ class Receiver:
                body: bytes | str, content_type: str = ...,
                content_encoding: str | None = ...,
                exchange: str = ...) -> Any: ...
+    # the readers' apply loop: held on_raw argument tuples (other items to
+    # *other*), oldest first, until time.monotonic() reaches *deadline*;
+    # returns how many were taken
+    def apply_held(self, items: list[Any], deadline: float, minimum: int,
+                   other: Callable[[Any], Any],
+                   error: Callable[[BaseException], Any]) -> int: ...
     def stats(self) -> dict[str, int]: ...
 
 

@@ -468,6 +468,16 @@ class Receiver:
         return _common.on_parts(self, routing_key, headers, body, content_type,
                                 content_encoding, exchange)
 
+    def apply_held(self, items, deadline, minimum, other, error):
+        """Apply held events, oldest first: each ``on_raw`` argument tuple
+        through :meth:`on_raw`, anything else through *other(item)*, until
+        ``time.monotonic()`` reaches *deadline* (looked at after *minimum*
+        events, then every 8).  *error(exc)* gets an exception (a bug:
+        on_raw counts and logs bad input itself).  Returns how many items
+        were taken; the caller removes them (the readers' apply loop,
+        ``gossip_fast.fastpath.base``)."""
+        return _common.apply_held(self.on_raw, items, deadline, minimum, other, error)
+
     def _handle(self, prepare, routing_key, message, raw, headers):
         gossip = self.gossip
         if type(routing_key) is not str:

@@ -26,3 +26,10 @@ cdef str JSON = _common.JSON
 cdef object _time = time.time
 cdef object _heappush = heapq.heappush
 cdef object _heappop = heapq.heappop
+
+# The bytes a string of the subset both scanners read without decoding may
+# hold (scanner.pyx: event bodies; pubsub.pyx: kombu's Redis envelopes):
+# printable ASCII but '"' and '\\'.
+cdef bint _PLAIN[256]
+for _c in range(256):
+    _PLAIN[_c] = 32 <= _c <= 126 and _c != 34 and _c != 92

@@ -54,29 +54,36 @@ for _i, _c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
     _B64[ord(_c)] = _i
 _B64[61] = 64  # '='
 
+# the same, shifted into place for each of the four characters of a
+# quantum; any other byte sets bit 24, so one test rejects a quantum
+cdef unsigned int _B64_0[256]
+cdef unsigned int _B64_1[256]
+cdef unsigned int _B64_2[256]
+cdef unsigned int _B64_3[256]
+for _i in range(256):
+    if _B64[_i] < 64:
+        _B64_0[_i], _B64_1[_i], _B64_2[_i], _B64_3[_i] = (
+            _B64[_i] << 18, _B64[_i] << 12, _B64[_i] << 6, _B64[_i])
+    else:
+        _B64_0[_i] = _B64_1[_i] = _B64_2[_i] = _B64_3[_i] = 1 << 24
+
 
 cdef inline Py_ssize_t _literal(const char* p, Py_ssize_t i, Py_ssize_t n,
                                 const char* text) noexcept nogil:
     """The index after *text* if p[i:] starts with it, else -1."""
-    cdef Py_ssize_t k = 0
-    while text[k]:
-        if i + k >= n or p[i + k] != text[k]:
-            return -1
-        k += 1
-    return i + k
+    cdef size_t size = strlen(text)  # of a constant: folded by the compiler
+    if i + <Py_ssize_t>size > n or memcmp(p + i, text, size) != 0:
+        return -1
+    return i + size
 
 
 cdef inline Py_ssize_t _plain(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
     """The index of the quote ending a string of printable ASCII without
     backslash that starts at p[i], else -1."""
-    cdef unsigned char c
-    while i < n:
-        c = <unsigned char>p[i]
-        if c == 34:  # '"'
-            return i
-        if c < 32 or c > 126 or c == 92:
-            return -1
+    while i < n and _PLAIN[<unsigned char>p[i]]:
         i += 1
+    if i < n and p[i] == 34:  # '"'
+        return i
     return -1
 
 
@@ -94,25 +101,23 @@ cdef object _b64decode(const char* p, Py_ssize_t n):
     """The bytes of canonical base64 (padded, no whitespace, zero pad
     bits), or None for anything else (the fallback then decides)."""
     cdef Py_ssize_t pad = 0, size, i, o = 0
-    cdef unsigned int a, b, c, d
-    cdef char* out
+    cdef unsigned int a, b, c, d, quantum
+    cdef const unsigned char* q = <const unsigned char*>p
+    cdef unsigned char* out
     if n == 0 or n % 4:
         return None
     if p[n - 1] == 61:
         pad = 2 if p[n - 2] == 61 else 1
     size = n // 4 * 3 - pad
     result = PyBytes_FromStringAndSize(NULL, size)
-    out = PyBytes_AS_STRING(result)
+    out = <unsigned char*>PyBytes_AS_STRING(result)
     for i in range(0, n - 4, 4):
-        a = _B64[<unsigned char>p[i]]
-        b = _B64[<unsigned char>p[i + 1]]
-        c = _B64[<unsigned char>p[i + 2]]
-        d = _B64[<unsigned char>p[i + 3]]
-        if (a | b | c | d) > 63:
+        quantum = _B64_0[q[i]] | _B64_1[q[i + 1]] | _B64_2[q[i + 2]] | _B64_3[q[i + 3]]
+        if quantum >> 24:
             return None
-        out[o] = <char>((a << 2) | (b >> 4))
-        out[o + 1] = <char>(((b & 15) << 4) | (c >> 2))
-        out[o + 2] = <char>(((c & 3) << 6) | d)
+        out[o] = <unsigned char>(quantum >> 16)
+        out[o + 1] = <unsigned char>(quantum >> 8)
+        out[o + 2] = <unsigned char>quantum
         o += 3
     a = _B64[<unsigned char>p[n - 4]]
     b = _B64[<unsigned char>p[n - 3]]
@@ -123,18 +128,18 @@ cdef object _b64decode(const char* p, Py_ssize_t n):
     if pad == 0:
         if c > 63 or d > 63:
             return None
-        out[o] = <char>((a << 2) | (b >> 4))
-        out[o + 1] = <char>(((b & 15) << 4) | (c >> 2))
-        out[o + 2] = <char>(((c & 3) << 6) | d)
+        out[o] = <unsigned char>((a << 2) | (b >> 4))
+        out[o + 1] = <unsigned char>(((b & 15) << 4) | (c >> 2))
+        out[o + 2] = <unsigned char>(((c & 3) << 6) | d)
     elif pad == 1:
         if c > 63 or c & 3:
             return None
-        out[o] = <char>((a << 2) | (b >> 4))
-        out[o + 1] = <char>(((b & 15) << 4) | (c >> 2))
+        out[o] = <unsigned char>((a << 2) | (b >> 4))
+        out[o + 1] = <unsigned char>(((b & 15) << 4) | (c >> 2))
     else:
         if b & 15:
             return None
-        out[o] = <char>((a << 2) | (b >> 4))
+        out[o] = <unsigned char>((a << 2) | (b >> 4))
     return result
 
 

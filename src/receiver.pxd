@@ -33,5 +33,7 @@ cdef class Receiver:
                            dict headers) except -1
     cdef object _reject(self, str reason, object hostname, object detail)
     cdef dict prepare_c(self, dict body)
+    cdef object _on_raw(self, object routing_key, object headers, object body,
+                        object content_type, object content_encoding, object exchange)
     cdef object _handle(self, object prepare, object routing_key, object message,
                         object raw, object headers)

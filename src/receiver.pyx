@@ -261,6 +261,33 @@ cdef class Receiver:
     def on_raw(self, routing_key, headers, body, content_type=JSON,
                content_encoding='utf-8', exchange='celeryev'):
         """The fallback's ``Receiver.on_raw``."""
+        return self._on_raw(routing_key, headers, body, content_type, content_encoding, exchange)
+
+    def apply_held(self, list items, double deadline, Py_ssize_t minimum, other, error):
+        """The fallback's ``Receiver.apply_held``: the readers' apply loop
+        without a Python call per event."""
+        cdef Py_ssize_t done = 0, total = len(items)
+        cdef tuple parts
+        monotonic = time.monotonic
+        while done < total:
+            item = items[done]
+            done += 1
+            try:
+                if type(item) is tuple and len(<tuple>item) == 6:
+                    parts = <tuple>item
+                    self._on_raw(parts[0], parts[1], parts[2], parts[3], parts[4], parts[5])
+                elif type(item) is tuple:
+                    self.on_raw(*item)
+                else:
+                    other(item)
+            except Exception as exc:  # on_raw reports bad input itself: a bug
+                error(exc)
+            if not done & 7 and done >= minimum and monotonic() >= deadline:
+                break
+        return done
+
+    cdef object _on_raw(self, object routing_key, object headers, object body,
+                        object content_type, object content_encoding, object exchange):
         if headers is None:
             headers = {}
         raw = self.raw_json(body, content_type, content_encoding, headers)

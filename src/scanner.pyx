@@ -20,9 +20,7 @@ _KEY_NAMES[:] = [b"hostname", b"type", b"clock", b"timestamp", b"freq",
                  b"utcoffset", b"pid", b"active", b"processed", b"loadavg",
                  b"sw_ident", b"sw_ver", b"sw_sys"]
 
-# Byte classes: inside a string of the subset (printable ASCII but '"' and
-# '\\'), JSON whitespace, digits.
-cdef bint _PLAIN[256]
+# Byte classes: JSON whitespace, digits (and _PLAIN, in constants.pyx).
 cdef bint _SPACE[256]
 cdef bint _DIGIT[256]
 # 5**k and 10.0**k for k <= _MAX_DECIMALS, all exact
@@ -61,7 +59,6 @@ cdef void _set_fragment(int f, bytes text) noexcept:
 cdef void _init_scanner_tables() noexcept:
     cdef int c, k
     for c in range(256):
-        _PLAIN[c] = 32 <= c <= 126 and c != c'"' and c != c'\\'
         _SPACE[c] = c == c' ' or c == c'\n' or c == c'\r' or c == c'\t'
         _DIGIT[c] = c'0' <= c <= c'9'
     _POW5[0], _POW10[0] = 1, 1.0

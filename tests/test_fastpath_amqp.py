@@ -353,6 +353,12 @@ class Recorder:
         self.applied.append((routing_key, headers.get("hostname"), body))
         return self.receiver.on_raw(routing_key, headers, body, *rest)
 
+    def apply_held(self, items, *args):
+        done = self.receiver.apply_held(items, *args)
+        self.applied.extend((item[0], item[1].get("hostname"), item[2])
+                            for item in items[:done] if type(item) is tuple)
+        return done
+
 
 @pytest.mark.broker
 def test_flood_over_budget_sheds_only_superseded_heartbeats(nodes, publisher):

@@ -247,6 +247,27 @@ def test_held_events_are_untracked_with_the_compiled_core(gossip):
         assert not hasattr(core, "held") and gc.is_tracked(item)
 
 
+def test_apply_held_takes_tuples_others_and_errors_until_the_deadline(gossip):
+    """The readers' apply loop (``Receiver.apply_held``: in C in the
+    compiled core): argument tuples to on_raw, anything else to *other*,
+    an exception to *error*; the deadline is looked at after *minimum*
+    items, then every 8."""
+    receiver = gossip._receiver
+    others, errors = [], []
+    items = [heartbeat("a@x"), "kombu's to decode", ("worker.heartbeat",),
+             heartbeat("b@x", clock=2)]
+    done = receiver.apply_held(items, time.monotonic() + 60, 8, others.append, errors.append)
+    assert done == 4 and len(items) == 4        # the caller removes them
+    assert {"a@x", "b@x"} <= set(gossip.state.workers)
+    assert others == ["kombu's to decode"]
+    assert [type(exc) for exc in errors] == [TypeError]  # on_raw's arity: a bug, not input
+    many = [heartbeat(f"w{i}@x") for i in range(30)]
+    assert receiver.apply_held(many, time.monotonic() - 1, 8, others.append, errors.append) == 8
+    assert receiver.apply_held(many, time.monotonic() - 1, 20, others.append, errors.append) == 24
+    assert receiver.apply_held([], time.monotonic(), 8, others.append, errors.append) == 0
+    assert len(others) == 1 and len(errors) == 1
+
+
 # -- the driver: wake on data ----------------------------------------------------------
 
 

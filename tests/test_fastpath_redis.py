@@ -470,7 +470,8 @@ def test_flood_sheds_only_old_heartbeats_and_stays_bounded(nodes, raw_publish):
 
 
 class Spy:
-    """The receiver, recording what the reader hands to ``on_raw``."""
+    """The receiver, recording the events the reader had it apply (through
+    ``apply_held``, or one by one through ``on_raw``)."""
 
     def __init__(self, receiver):
         self.receiver = receiver
@@ -479,6 +480,11 @@ class Spy:
     def on_raw(self, routing_key, headers, body, *args):
         self.calls.append((routing_key, headers, body))
         return self.receiver.on_raw(routing_key, headers, body, *args)
+
+    def apply_held(self, items, *args):
+        done = self.receiver.apply_held(items, *args)
+        self.calls.extend(item[:3] for item in items[:done] if type(item) is tuple)
+        return done
 
     def __getattr__(self, name):
         return getattr(self.receiver, name)

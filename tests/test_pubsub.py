@@ -190,6 +190,34 @@ def test_odd_envelopes_give_what_the_python_path_gives(Scanner):
     assert len(events) == len(datas)
 
 
+def test_every_byte_in_every_place_of_the_body_and_a_string(Scanner):
+    """The table-driven base64 decoder and string check against the
+    Python path: each of the 256 byte values at each place of a short
+    body's base64 (padded by one and by two) and of the hostname, and the
+    envelope cut at every length."""
+    datas = []
+    for body in (b'{"a": 1}', b'{"ab": 1}', b'{"abc": 1}'):
+        envelope = kombu_envelope(body, hostname="w@h")
+        start = envelope.index(b'"body": "') + len(b'"body": "')
+        end = envelope.index(b'"', start)
+        for place in range(start, end):
+            for value in range(256):
+                datas.append(envelope[:place] + bytes([value]) + envelope[place + 1:])
+    envelope = kombu_envelope(b'{"a": 1}', hostname="w@h")
+    start = envelope.index(b'"w@h"') + 1
+    for place in range(start, start + 3):
+        for value in range(256):
+            datas.append(envelope[:place] + bytes([value]) + envelope[place + 1:])
+    datas.extend(envelope[:length] for length in range(1, len(envelope)))
+    stream = b"".join(pmessage(d) for d in datas)
+    events, others, raw = scanned(Scanner, stream)
+    assert others == []
+    assert events == reference(stream)[0]
+    assert len(events) == len(datas)
+    taken = sum(1 for e in raw if e[0] != "fallback")
+    assert 0 < taken < len(datas)  # both ways were taken
+
+
 OTHER_REPLIES = [
     b"*3\r\n$10\r\npsubscribe\r\n$20\r\n/0.celeryev/worker.*\r\n:1\r\n",
     b"*2\r\n$4\r\npong\r\n$0\r\n\r\n",

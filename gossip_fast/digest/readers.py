@@ -33,6 +33,7 @@ from kombu.transport.virtual import base as virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads as kombu_loads
 
+from .. import _common
 from ..fastpath.amqp import FRAME_END, FRAME_METHOD, AMQPReader
 from ..fastpath.redis import _PUSH, RedisReader, _command
 
@@ -59,6 +60,9 @@ class Dispatch:
             return self.on_digest(routing_key, headers, body, content_type)
         return self.receiver.on_raw(routing_key, headers, body, content_type,
                                     content_encoding, exchange)
+
+    def apply_held(self, items, deadline, minimum, other, error):
+        return _common.apply_held(self.on_raw, items, deadline, minimum, other, error)
 
     @property
     def accept(self):

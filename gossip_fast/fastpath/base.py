@@ -274,26 +274,12 @@ class Reader:
 
     def apply_pending(self, deadline):
         """Apply held events, oldest first, until *deadline* (looked at
-        after ``min_apply`` events, then every 8); then shed from what is
-        left.  Returns the number applied."""
+        after ``min_apply`` events, then every 8: ``Receiver.apply_held``,
+        compiled in the Cython core); then shed from what is left.  Returns
+        the number applied."""
         items = self.pending
-        total = len(items)
-        on_raw = self.receiver.on_raw
-        monotonic = time.monotonic
-        minimum = self.min_apply
-        done = 0
-        while done < total:
-            item = items[done]
-            done += 1
-            try:
-                if type(item) is tuple:
-                    on_raw(*item)
-                else:
-                    self.apply_other(item)
-            except Exception as exc:  # pylint: disable=broad-except
-                self.item_error(exc)
-            if not done & 7 and done >= minimum and monotonic() >= deadline:
-                break
+        done = self.receiver.apply_held(items, deadline, self.min_apply,
+                                        self.apply_other, self.item_error)
         del items[:done]  # in place: a copy of a big backlog per drain is O(backlog)
         if items:
             self.shed_superseded(items)
