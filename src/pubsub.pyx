@@ -45,6 +45,16 @@ cdef const char* _E6 = b'", "routing_key": "'
 cdef const char* _E7 = b'"}, "priority": '
 cdef const char* _E8 = b', "body_encoding": "base64", "delivery_tag": "'
 cdef const char* _E9 = b'"}}'
+cdef Py_ssize_t _E0_SIZE = strlen(_E0)
+cdef Py_ssize_t _E1_SIZE = strlen(_E1)
+cdef Py_ssize_t _E2_SIZE = strlen(_E2)
+cdef Py_ssize_t _E3_SIZE = strlen(_E3)
+cdef Py_ssize_t _E4_SIZE = strlen(_E4)
+cdef Py_ssize_t _E5_SIZE = strlen(_E5)
+cdef Py_ssize_t _E6_SIZE = strlen(_E6)
+cdef Py_ssize_t _E7_SIZE = strlen(_E7)
+cdef Py_ssize_t _E8_SIZE = strlen(_E8)
+cdef Py_ssize_t _E9_SIZE = strlen(_E9)
 
 # base64 alphabet -> 6-bit value, 64 for '=', 255 for anything else
 cdef unsigned char _B64[256]
@@ -69,10 +79,9 @@ for _i in range(256):
 
 
 cdef inline Py_ssize_t _literal(const char* p, Py_ssize_t i, Py_ssize_t n,
-                                const char* text) noexcept nogil:
-    """The index after *text* if p[i:] starts with it, else -1."""
-    cdef size_t size = strlen(text)  # of a constant: folded by the compiler
-    if i + <Py_ssize_t>size > n or memcmp(p + i, text, size) != 0:
+                                const char* text, Py_ssize_t size) noexcept nogil:
+    """The index after *text* (*size* bytes) if p[i:] starts with it, else -1."""
+    if i + size > n or memcmp(p + i, text, size) != 0:
         return -1
     return i + size
 
@@ -304,7 +313,7 @@ cdef class PubSubScanner:
         """on_raw's arguments for a standard envelope, else None."""
         cdef Py_ssize_t i, b0, b1, s0, s1, t0, t1, h0, h1, x0, x1, r0, r1
         cdef const char* found
-        i = _literal(p, 0, n, _E0)
+        i = _literal(p, 0, n, _E0, _E0_SIZE)
         if i < 0:
             return None
         b0 = i
@@ -313,60 +322,60 @@ cdef class PubSubScanner:
         if found == NULL:
             return None
         b1 = found - p
-        i = _literal(p, b1, n, _E1)
+        i = _literal(p, b1, n, _E1, _E1_SIZE)
         if i < 0:
             return None
         s0 = i
         s1 = _plain(p, i, n)
         if s1 < 0:
             return None
-        i = _literal(p, s1, n, _E2)
+        i = _literal(p, s1, n, _E2, _E2_SIZE)
         if i < 0:
             return None
         t0 = i
         t1 = _plain(p, i, n)
         if t1 < 0:
             return None
-        i = _literal(p, t1, n, _E3)
+        i = _literal(p, t1, n, _E3, _E3_SIZE)
         if i < 0:
             return None
         h0 = i
         h1 = _plain(p, i, n)
         if h1 < 0:
             return None
-        i = _literal(p, h1, n, _E4)
+        i = _literal(p, h1, n, _E4, _E4_SIZE)
         if i < 0:
             return None
         i = _digits(p, i, n)
         if i < 0:
             return None
-        i = _literal(p, i, n, _E5)
+        i = _literal(p, i, n, _E5, _E5_SIZE)
         if i < 0:
             return None
         x0 = i
         x1 = _plain(p, i, n)
         if x1 < 0:
             return None
-        i = _literal(p, x1, n, _E6)
+        i = _literal(p, x1, n, _E6, _E6_SIZE)
         if i < 0:
             return None
         r0 = i
         r1 = _plain(p, i, n)
         if r1 < 0:
             return None
-        i = _literal(p, r1, n, _E7)
+        i = _literal(p, r1, n, _E7, _E7_SIZE)
         if i < 0:
             return None
         i = _digits(p, i, n)
         if i < 0:
             return None
-        i = _literal(p, i, n, _E8)
+        i = _literal(p, i, n, _E8, _E8_SIZE)
         if i < 0:
             return None
         i = _plain(p, i, n)  # the delivery tag
         if i < 0:
             return None
-        i = _literal(p, i, n, _E9)
+        i = _literal(p, i, n, _E9, _E9_SIZE)
         if i != n:
             return None
         body = _b64decode(p + b0, b1 - b0)
