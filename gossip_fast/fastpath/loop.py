@@ -1,10 +1,10 @@
 """When the fast reader drains: on the worker's event loop, woken by data.
 
 Each turn of the worker's event loop (kombu's ``Hub``) costs more CPU than
-applying a hundred heartbeats (kombu re-registers its own sockets on every
-turn, and a process woken from sleep runs on cold caches: see
-docs/receive-path.md for the measurements), so the reader wakes the loop
-no more often than gossip needs, and never when nothing arrives:
+applying a hundred heartbeats (mostly because a process woken from sleep
+runs on cold caches: see docs/receive-path.md for the measurements), so
+the reader wakes the loop no more often than gossip needs, and never when
+nothing arrives:
 
 * **watching**: the reader's socket is registered with the hub and no timer
   is set.  A readable socket is drained at once: at low rates an event
