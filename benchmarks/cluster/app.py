@@ -211,7 +211,9 @@ class BenchStep(bootsteps.StartStopStep):
         sampler = self._sampler
         if sampler is not None and sampler.is_alive():
             tids.append(sampler.tid)
-        return [t for t in tids if t is not None]
+        # on gevent and eventlet a thread is a greenlet of the main thread,
+        # whose id is the process's: that one is the worker's own cost
+        return [t for t in tids if t is not None and t != os.getpid()]
 
     def _writer(self):
         self._writer_tid = threading.get_native_id()

@@ -29,7 +29,7 @@ def _path_label(kind, path):
     if kind == 'stock':
         return 'kombu'
     if path in (None, 'kombu'):
-        return 'kombu' + (' (no fast reader yet)' if kind == 'fast' else '')
+        return 'kombu' + (' (fast reader not running)' if kind == 'fast' else '')
     return path
 
 
@@ -144,8 +144,10 @@ def _header(results, add):
         'the publisher, the broker and all workers share its cores).')
     add('')
     method = results.get('cpu_method', 'psutil')
-    add('Each worker is a real `celery -A benchmarks.cluster.app worker --pool solo` '
-        '(gossip, mingle and heartbeats on, defaults otherwise'
+    pool = s.get('pool') or 'solo'
+    add(f'Each worker is a real `celery -A benchmarks.cluster.app worker --pool {pool}` '
+        + ('' if pool == 'solo' else '`--concurrency 1` ')
+        + '(gossip, mingle and heartbeats on, defaults otherwise'
         + (f'; gossip_fast with `GOSSIP_FAST_MAX_DELAY={s["max_delay"]}`' if s.get('max_delay') else '')
         + '). Simulated workers send one '
         '`worker-heartbeat` every 2 s each, byte for byte as Celery 5.7\'s EventDispatcher '

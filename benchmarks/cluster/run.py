@@ -10,7 +10,7 @@ loopback):
    ``fast``: ``gossip_fast.install(app)``, receive path ``auto``;
    ``classic``: the same with ``GOSSIP_FAST_RECEIVE=classic``, run only when
    a fast reader exists for the broker, since ``auto`` is ``classic``
-   otherwise) run side by side, ``celery worker --pool solo``, following
+   otherwise) run side by side, ``celery worker --pool solo`` (``--pool``: another pool), following
    the same stream, for N = 0 (idle), 10, 50, 100, 500, 2,000 and 10,000
    simulated workers, in that order (one heartbeat each every 2 s: N/2
    heartbeats/s).  For each: the total CPU of the worker's main process
@@ -120,6 +120,10 @@ def parse_args(argv=None):
                    help='GOSSIP_FAST_MAX_DELAY for the gossip_fast workers (default: gossip_fast\'s '
                         'own default, or the environment\'s)')
     p.add_argument('--no-max-rate', action='store_true', help='skip the highest-rate search')
+    p.add_argument('--pool', default='solo', choices=('solo', 'prefork', 'threads', 'gevent', 'eventlet'),
+                   help="the workers' --pool (default solo; the others with --concurrency 1: "
+                        'gevent and eventlet have no event loop hub, so gossip_fast receives through '
+                        "kombu's consumer there)")
     p.add_argument('--ramp-kinds', help='comma list of the kinds whose highest rate is searched '
                                         '(default stock,fast: classic\'s ramp would add ~4 min)')
     p.add_argument('--ramp-start', type=float,
@@ -204,10 +208,11 @@ def fast_reader_available(broker):
 # -- processes ----------------------------------------------------------------------
 
 class Worker:
-    """One ``celery worker --pool solo`` of the bench app."""
+    """One ``celery worker --pool POOL`` (solo unless told) of the bench app."""
 
-    def __init__(self, kind, broker_url, folder, tag, max_delay=None, wrapper=()):
+    def __init__(self, kind, broker_url, folder, tag, max_delay=None, wrapper=(), pool='solo'):
         self.kind = kind
+        self.pool = pool
         self.wrapper = list(wrapper)  # a command the worker runs under (e.g. valgrind)
         self.broker_url = broker_url
         self.folder = folder
@@ -239,7 +244,9 @@ class Worker:
         if self.kind != 'stock' and self.max_delay is not None:
             env['GOSSIP_FAST_MAX_DELAY'] = repr(self.max_delay)
         argv = self.wrapper + [sys.executable, '-m', 'celery', '-A', 'benchmarks.cluster.app', 'worker',
-                '--pool', 'solo', '-n', f'{self.name}@%h', '--loglevel', 'WARNING']
+                '--pool', self.pool, '-n', f'{self.name}@%h', '--loglevel', 'WARNING']
+        if self.pool in ('prefork', 'threads', 'gevent', 'eventlet'):
+            argv[-2:-2] = ['--concurrency', '1']
         with open(self.log_path, 'ab') as out:
             self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT,
@@ -815,8 +822,8 @@ def control_check(broker_url, workers, timeout=3.0):
 
 # -- phases ----------------------------------------------------------------------------------
 
-def start_workers(kinds, broker, folder, tag, max_delay=None):
-    workers = [Worker(kind, broker.url, folder, tag, max_delay).start() for kind in kinds]
+def start_workers(kinds, broker, folder, tag, max_delay=None, pool='solo'):
+    workers = [Worker(kind, broker.url, folder, tag, max_delay, pool=pool).start() for kind in kinds]
     try:
         for w in workers:
             w.wait_ready()
@@ -1051,7 +1058,7 @@ def ramp_alone(args, broker, kind, folder, publishers, record):
                 worker.stop()
             tag += 1
             worker = start_workers([kind], broker, folder, f'{broker.kind}-ramp{tag}',
-                                   args.max_delay)[0]
+                                   args.max_delay, args.pool)[0]
         previous_rate = rate
         window = ramp_step(args, broker, [worker], publishers, rate)
         steps.append(window)
@@ -1130,7 +1137,7 @@ def ramp_together(args, broker, workers, publishers, records):
 def run_broker(args, broker, kinds, folder, publishers, out):
     """All phases on one broker; results go into *out* as they come."""
     log(f'{broker.label}: starting workers {", ".join(kinds)} side by side')
-    workers = start_workers(kinds, broker, folder, f'{broker.kind}-sizes', args.max_delay)
+    workers = start_workers(kinds, broker, folder, f'{broker.kind}-sizes', args.max_delay, args.pool)
     try:
         run_sizes(args, broker, workers, publishers, out)
         publishers.set(0, 0)
