@@ -9,7 +9,11 @@ at RATE heartbeats/s (default 50: a 100-worker cluster) for SECONDS
 (default 30).  Prints how far behind the worker got: Celery's drift warning
 ("Current drift is N seconds") appears once a heartbeat is applied more
 than 16 s after it was sent.  For the bare consumer, the events it took a
-second.  README ("On gevent") quotes it.
+second.  With ``GREEN_FOLLOW_BROKER_HEARTBEAT=0`` the worker's app sets
+``broker_heartbeat = 0``: Celery's loop for the green pools then skips the
+0.1 s drain of the event dispatcher's connection it makes after every
+message it takes (``_quick_drain`` in ``celery.worker.loops.synloop``).
+README ("On gevent") quotes it.
 """
 import json
 import os
@@ -20,7 +24,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-APP = "import os\nfrom celery import Celery\napp = Celery('proj', broker=os.environ['GREEN_FOLLOW_URL'])\n"
+APP = ("import os\nfrom celery import Celery\napp = Celery('proj', broker=os.environ['GREEN_FOLLOW_URL'])\n"
+       "if os.environ.get('GREEN_FOLLOW_BROKER_HEARTBEAT'):\n"
+       "    app.conf.broker_heartbeat = float(os.environ['GREEN_FOLLOW_BROKER_HEARTBEAT'])\n")
 
 
 def publisher(url, rate):
