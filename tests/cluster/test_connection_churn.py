@@ -46,7 +46,13 @@ def churn_cluster(broker, fast_kinds, cluster_folder):
     if not broker.can_restart:
         pytest.skip(f"{broker.url} is an external broker: cannot restart it")
     with running_cluster(broker, cluster_folder("churn"), "ch") as cluster:
-        workers = cluster.add(*fast_kinds, "stock", env={"CLUSTER_REMOTE_CONTROL": "0"})
+        # Without Mingle: on a consumer restart Celery 5.7's Mingle sends its
+        # hello, and a connection reset by a broker restarting at that moment
+        # escapes it as kombu's OperationalError, which the worker does not
+        # retry: it exits (seen once in CI, RabbitMQ, on whichever worker it
+        # hit).  Mingle is not under test here; the readers' sockets are.
+        workers = cluster.add(*fast_kinds, "stock", extra_args=["--without-mingle"],
+                              env={"CLUSTER_REMOTE_CONTROL": "0"})
         cluster.wait_started(workers)
         peers = {w.hostname for w in workers}
         cluster.wait_for(lambda: all(joined(w) >= peers - {w.hostname} for w in workers),
