@@ -256,7 +256,8 @@ class Gossip(Elections, bootsteps.ConsumerStep):
                            queue_ttl=self.heartbeat_interval)
         self._receiver.accept = prepare_accept_content(ev.accept)
         self._stop_reader()
-        self._driver = fastpath.start(self, channel, ev.queue, self._hub)
+        self._driver = fastpath.start(self, channel, ev.queue, self._hub,
+                                      check_channel=True)
         if self._driver is not None:
             self._reader = self._driver.reader
         observability.announce(self, info)  # the start line, once

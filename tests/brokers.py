@@ -23,6 +23,7 @@ skip when a broker is not installed or cannot start, except under CI
 from __future__ import annotations
 
 import atexit
+import contextlib
 import glob
 import os
 import shutil
@@ -194,6 +195,18 @@ class _Server:
             raise RuntimeError(f"{type(self).__name__} is not started")
         self._stop_processes()
         return self.start()
+
+    @contextlib.contextmanager
+    def down(self):
+        """The server stopped for the block (its port refuses), then started
+        again on the same port with the same folder."""
+        if not self.can_restart:
+            raise RuntimeError(f"cannot stop the external broker {self.external_url}")
+        self._stop_processes()
+        try:
+            yield self
+        finally:
+            self.start()
 
     def __enter__(self):
         return self.start()

@@ -107,10 +107,17 @@ def transport_of(channel):
     return getattr(getattr(client, 'transport', None), 'driver_type', None)
 
 
-def start(gossip, channel, queue, hub):
+def start(gossip, channel, queue, hub, check_channel=False):
     """The fast path on *channel*'s broker, started (a :class:`HubDriver`),
     or None for kombu's consumer (with the reason in
-    ``gossip.receive_fallback``)."""
+    ``gossip.receive_fallback``).
+
+    With *check_channel* (the consumer starting), a reader that cannot
+    connect first has *queue* declared on *channel*, as kombu's consumer
+    would: if the broker is gone, that raises the connection error Celery
+    restarts its consumer on, as stock's declare does, and the reader is
+    tried again then, instead of a fallback to kombu being announced for a
+    consumer about to restart."""
     app = gossip.app
     Reader, why = select(app, channel, hub)
     gossip.receive_fallback = why
@@ -120,11 +127,18 @@ def start(gossip, channel, queue, hub):
     try:
         driver.start()
     except Exception as exc:  # pylint: disable=broad-except
+        driver.stop()
+        if check_channel:
+            try:
+                queue.bind(channel).declare()
+            except Exception:
+                # no consumer will hold the channel: Celery's step would not close it
+                close_channel(channel)
+                raise
         logger.warning('gossip_fast: fast receive path unavailable (%r); '
                        'using the kombu consumer', exc)
         gossip.receive_fallback = (f'the {Reader.name} fast reader failed to start: '
                                    f'{exc!r}')
-        driver.stop()
         return None
     return driver
 
