@@ -82,7 +82,10 @@ def _describe_receive(gossip, path, why):
     if why is None:
         reader = getattr(gossip, '_reader', None)
         delay = getattr(reader, 'max_delay', None)
-        return f'{path} (batched, max delay {delay:g} s)' if delay else path
+        if not delay:
+            return path
+        where = getattr(getattr(gossip, '_driver', None), 'where', None)
+        return f'{path} (batched, max delay {delay:g} s{f", {where}" if where else ""})'
     return f'{path} ({why}; no batching delay)'
 
 

@@ -122,8 +122,8 @@ def parse_args(argv=None):
     p.add_argument('--no-max-rate', action='store_true', help='skip the highest-rate search')
     p.add_argument('--pool', default='solo', choices=('solo', 'prefork', 'threads', 'gevent', 'eventlet'),
                    help="the workers' --pool (default solo; the others with --concurrency 1: "
-                        'gevent and eventlet have no event loop hub, so gossip_fast receives through '
-                        "kombu's consumer there)")
+                        'gevent and eventlet have no event loop hub, so gossip_fast\'s reader runs '
+                        'in a greenlet there)')
     p.add_argument('--ramp-kinds', help='comma list of the kinds whose highest rate is searched '
                                         '(default stock,fast: classic\'s ramp would add ~4 min)')
     p.add_argument('--ramp-start', type=float,

@@ -5,21 +5,24 @@ event loop: one wake-up, one envelope parse and one Python frame parse per
 event, which costs far more than handling the event.  A *reader* here keeps
 the wire protocol (the same exchange, routing keys, queue and bodies) but
 opens its own connection, from the consumer's connection settings, and
-hands raw parts to ``Receiver.on_raw`` in batches (:mod:`.base`); the
-worker's event loop runs it when its socket has data (:mod:`.loop`).
+hands raw parts to ``Receiver.on_raw`` in batches (:mod:`.base`), when
+:mod:`.pacing` says: from the worker's event loop (:mod:`.loop`: prefork,
+solo, threads) or from a greenlet of its own (:mod:`.green`: gevent,
+eventlet).
 
 Selection (:func:`select`): ``app.conf.gossip_fast_receive`` or the
 environment variable ``GOSSIP_FAST_RECEIVE``: ``"auto"`` (default: the fast
-reader for Redis and RabbitMQ when its library is installed and the worker
-has an event loop, else kombu) or ``"classic"`` (always kombu's consumer, as
-stock).  ``gossip_fast_max_delay`` / ``GOSSIP_FAST_MAX_DELAY`` bounds the
-delay it adds, in seconds.
+reader for Redis and RabbitMQ when its library is installed, else kombu)
+or ``"classic"`` (always kombu's consumer, as stock).
+``gossip_fast_max_delay`` / ``GOSSIP_FAST_MAX_DELAY`` bounds the delay it
+adds, in seconds.
 """
 import importlib
 import os
 
 from celery.utils.log import get_logger
 
+from .green import GreenDriver, green_library
 from .loop import HubDriver
 
 __all__ = ('select', 'start', 'transport_of', 'receive_mode', 'max_delay', 'MODES',
@@ -84,7 +87,8 @@ def max_delay(app):
 def select(app, channel, hub):
     """``(reader class, None)`` for the fast path, or ``(None, why)`` for
     kombu's consumer: classic mode, a transport without a fast reader, a
-    missing library, or a worker without an event loop."""
+    missing library, or a worker with neither an event loop (prefork, solo,
+    threads) nor greenlets (gevent, eventlet) to drive it."""
     if receive_mode(app) == 'classic':
         if os.environ.get('GOSSIP_FAST_RECEIVE'):
             return None, 'classic mode: GOSSIP_FAST_RECEIVE=classic'
@@ -96,8 +100,8 @@ def select(app, channel, hub):
         Reader = getattr(importlib.import_module(READERS[driver][0]), READERS[driver][1])
     except ImportError as exc:  # e.g. redis-py missing: celery[redis] not installed
         return None, f'the {driver} fast reader cannot load: {exc}'
-    if hub is None:
-        return None, 'no event loop in this pool (gevent, eventlet): kombu wakes on data'
+    if hub is None and green_library() is None:
+        return None, 'no event loop in this worker and no green library: kombu wakes on data'
     return Reader, None
 
 
@@ -123,7 +127,8 @@ def start(gossip, channel, queue, hub, check_channel=False):
     gossip.receive_fallback = why
     if Reader is None:
         return None
-    driver = HubDriver(Reader(gossip, channel, queue, max_delay=max_delay(app)), hub)
+    reader = Reader(gossip, channel, queue, max_delay=max_delay(app))
+    driver = HubDriver(reader, hub) if hub is not None else GreenDriver(reader, green_library())
     try:
         driver.start()
     except Exception as exc:  # pylint: disable=broad-except

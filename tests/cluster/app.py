@@ -20,6 +20,9 @@ Configured from the environment:
 ``CLUSTER_REMOTE_CONTROL``
     ``0``: no remote control (``worker_enable_remote_control = False``), so
     that what a test counts of the worker's sockets is not Celery's pidbox.
+``CLUSTER_SOCKET_ORIGINS``
+    a file: which code made each open socket of the worker, written once a
+    second (``socket_origins.py``).
 
 The :class:`ClusterStep` below is a user bootstep written as in Celery's
 "Extensions and Bootsteps" guide: it requires the *stock* Gossip step by
@@ -52,6 +55,10 @@ if os.environ.get('CLUSTER_REMOTE_CONTROL') == '0':
 
 if os.environ.get('CLUSTER_DIGEST') == '1':
     app.conf.gossip_fast_digest = True
+
+if os.environ.get('CLUSTER_SOCKET_ORIGINS'):
+    import socket_origins
+    socket_origins.install(os.environ['CLUSTER_SOCKET_ORIGINS'])
 
 if GOSSIP == 'fast':
     import gossip_fast

@@ -5,13 +5,13 @@ prefork, threads, gevent and eventlet pools (each with a compiled and a
 pure-Python core) runs in one cluster with a stock worker:
 
 * prefork and threads workers run kombu's event loop (a ``Hub``): gossip
-  arrives on gossip_fast's own reader, woken by its socket, and it never
-  drains on the timer more often than every ``max_delay``;
-* gevent and eventlet workers have no hub: gossip arrives through kombu's
-  consumer, as stock (kombu's green ``drain_events`` wakes on data), and
-  the start line and ``gossip_stats`` say why;
-* whatever the pool, every worker sees every other one alive, and the start
-  line says what runs.
+  arrives on gossip_fast's own reader, woken by its socket;
+* gevent and eventlet workers have no hub: the same reader runs in a
+  greenlet of its own (fastpath/green.py), out of Celery's green loop,
+  on the same schedule;
+* whatever the pool, the reader never drains on a timer more often than
+  every ``max_delay``, every worker sees every other one alive, and the
+  start line says what runs.
 """
 import time
 
@@ -60,18 +60,18 @@ class TestPools:
             receive = s["receive"]
             [line] = worker.start_lines()
             assert s["implementation"] == kind and s["alive_workers"] == peers, s
-            if pool in HUB_POOLS:
-                assert receive["path"] == FAST_PATH[broker_name], (pool, receive)
-                assert f"receive {receive['path']} (batched" in line, line
-                # the socket woke the loop; timed drains no more often than
-                # every max_delay (the cluster's rate is about 1 / max_delay)
-                woken = before[worker.hostname]["receive"]["wakeups"]
-                timed = receive["wakeups"]["timer"] - woken["timer"]
-                assert receive["wakeups"]["readable"] > 0, (pool, receive)
-                assert timed <= window / receive["max_delay"] + 1, (pool, timed, receive)
-                assert s["events"]["applied"] > before[worker.hostname]["events"]["applied"]
+            assert receive["path"] == FAST_PATH[broker_name], (pool, receive)
+            assert f"receive {receive['path']} (batched" in line, line
+            if pool in GREEN_POOLS:
+                assert f", {pool} greenlet)" in line, line
+                assert receive["greenlet"] == pool, receive
             else:
-                assert receive == {"path": "kombu", "why": (
-                    "no event loop in this pool (gevent, eventlet): kombu wakes on data")}
-                assert "receive kombu (no event loop in this pool" in line, line
+                assert "greenlet" not in line and "greenlet" not in receive, (line, receive)
+            # the socket woke the reader; timed drains no more often than
+            # every max_delay (the cluster's rate is about 1 / max_delay)
+            woken = before[worker.hostname]["receive"]["wakeups"]
+            timed = receive["wakeups"]["timer"] - woken["timer"]
+            assert receive["wakeups"]["readable"] > 0, (pool, receive)
+            assert timed <= window / receive["max_delay"] + 1, (pool, timed, receive)
+            assert s["events"]["applied"] > before[worker.hostname]["events"]["applied"]
         assert_clean_logs(workers.values())
