@@ -1,8 +1,10 @@
 """The transport-independent part of the fast receive path: the reader base
 (``gossip_fast.fastpath.base``: reconnect backoff, the backlog, shedding
-superseded heartbeats, the sweep while behind) and its driver on the
+superseded heartbeats, the sweep while behind) and its drivers: on the
 worker's event loop (``gossip_fast.fastpath.loop``: wake on data, batch
-under load, housekeeping, the socket leaving the hub before it closes).
+under load, housekeeping, the socket leaving the hub before it closes) and
+in a greenlet (``gossip_fast.fastpath.green``, the same schedule from
+``gossip_fast.fastpath.pacing``).
 
 The Redis and RabbitMQ readers are tested on real brokers in
 test_fastpath_redis.py and test_fastpath_amqp.py; here a reader of a list
@@ -406,3 +408,110 @@ def test_a_drain_that_raises_does_not_escape_the_event_loop(gossip, driver, monk
     monkeypatch.setattr(driver.reader, "drain", broken)
     driver._on_readable()            # logged, not raised
     assert driver.mode == "watching"
+
+
+# -- the driver in a greenlet (gevent, eventlet) ----------------------------------------
+# Its waits are the green library's; here a script stands for the library, so the
+# schedule is checked in this process.  Real greenlets: tests/test_green_driver.py.
+
+
+class Done(BaseException):
+    """Ends the greenlet's loop (as GreenletExit does: not an Exception)."""
+
+
+class ScriptedGreen:
+    """Stands for gevent: records each wait; ``wait_readable`` answers from
+    *readable* (True: data, False: timed out) and ends the loop after it."""
+
+    def __init__(self, readable):
+        self.readable = list(readable)
+        self.waits = []
+
+    def sleep(self, seconds):
+        self.waits.append(("sleep", seconds))
+
+    def wait_readable(self, fd, timeout):
+        if not self.readable:
+            raise Done
+        self.waits.append(("wait", timeout))
+        return self.readable.pop(0)
+
+
+@pytest.fixture
+def green_driver(gossip):
+    from gossip_fast.fastpath.green import GreenDriver
+    pytest.importorskip("gevent")
+    driver = GreenDriver(ListReader(gossip), "gevent")
+    driver.start_reader(retry=False)
+    driver._last_drain -= 1.0
+    yield driver
+    driver.reader.stop()
+
+
+def run_green(driver, readable):
+    driver.green = ScriptedGreen(readable)
+    with pytest.raises(Done):
+        driver._run(None)
+    return driver.green.waits
+
+
+def test_greenlet_drains_data_at_once_then_batches_then_watches(gossip, green_driver):
+    driver, reader = green_driver, green_driver.reader
+    reader.send(heartbeat("a@x"))
+    waits = run_green(driver, [True])
+    assert "a@x" in gossip.state.workers and [kind for kind, _ in waits] == ["wait"]
+    assert driver.wakeups == {"readable": 1, "timer": 0, "housekeeping": 0}
+    # the socket has woken it more often than every max_delay: batch
+    now = time.monotonic()
+    driver._woken.extend([now] * (driver._woken.maxlen - 1))
+    driver._last_drain = now
+    reader.send(heartbeat("b@x"))
+    waits = run_green(driver, [True])
+    # woken, then a timed drain max_delay after the last one (it finds b@x:
+    # still flowing, so one more), then one that finds nothing: watching again
+    assert [kind for kind, _ in waits] == ["wait", "sleep", "sleep"], waits
+    assert 0 < waits[1][1] <= reader.max_delay and waits[2][1] == reader.max_delay, waits
+    assert "b@x" in gossip.state.workers and driver.mode == "watching"
+    assert driver.wakeups == {"readable": 2, "timer": 2, "housekeeping": 0}
+
+
+def test_greenlet_drains_a_silent_connection_for_housekeeping(green_driver, monkeypatch):
+    driver, reader = green_driver, green_driver.reader
+    drains = []
+    monkeypatch.setattr(reader, "drain", lambda: drains.append(1) or 0)
+    driver._last_drain = time.monotonic()
+    waits = run_green(driver, [False])
+    # it waited on the socket until the housekeeping time, then drained
+    assert 0 < waits[0][1] <= reader.housekeeping_interval() and drains == [1]
+    assert driver.wakeups == {"readable": 0, "timer": 0, "housekeeping": 1}
+
+
+def test_greenlet_goes_on_after_an_error(green_driver, monkeypatch, caplog):
+    driver, reader = green_driver, green_driver.reader
+
+    calls = []
+
+    def once_then_done(delay):
+        calls.append(delay)
+        if len(calls) > 1:
+            raise Done
+        raise RuntimeError("bug")
+    monkeypatch.setattr(driver, "_wait_and_drain", once_then_done)
+    with pytest.raises(Done):
+        driver._run(None)
+    # logged, and the next wait is a pause, never a busy loop
+    assert calls == [None, reader.max_delay]
+    assert "error in the list reader greenlet" in caplog.text
+
+
+def test_greenlet_stop_kills_it_then_closes_the_socket(green_driver):
+    driver, reader = green_driver, green_driver.reader
+    killed = []
+    sock = reader.sock
+    driver.green = types.SimpleNamespace(kill=lambda g: killed.append(sock.fileno()),
+                                         getcurrent=object)
+    driver._greenlet = object()
+    driver.stop()
+    # killed while its socket was still open, then the socket closed
+    assert killed and killed[0] != -1 and sock.fileno() == -1
+    assert driver.mode == "stopped" and reader.watcher is None

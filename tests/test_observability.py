@@ -125,6 +125,16 @@ def test_kombu_path_says_the_transport_has_no_reader(gossip, lines):
                              "no batching delay)")
 
 
+def test_kombu_path_without_a_hub_or_greenlets(gossip, lines):
+    # no hub and no green library (this process is not monkey-patched):
+    # nothing can drive the reader (the green pools: tests/test_green_driver.py)
+    gossip._reader = gossip._driver = None
+    gossip.receive_fallback = fastpath.select(gossip.app, fake_channel('redis'), hub=None)[1]
+    observability.announce(gossip, lines.log)
+    assert lines[0].endswith('receive kombu (no event loop in this worker and no green '
+                             'library: kombu wakes on data; no batching delay)'), lines
+
+
 def test_kombu_path_says_which_library_is_missing(gossip, lines, monkeypatch):
     # redis-py missing (celery[redis] not installed): the reader cannot load
     monkeypatch.setitem(sys.modules, 'gossip_fast.fastpath.redis', None)
