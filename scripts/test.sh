@@ -23,7 +23,7 @@ fi
 set +e
 # no explicit "tests": pyproject's testpaths picks it when no path is given,
 # so "scripts/test.sh tests/test_cli.py" runs that file only
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=15 "$@"  # the slowest tests, to keep the suite short
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

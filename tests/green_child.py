@@ -81,7 +81,7 @@ def main():
     out['after_first'] = dict(driver.wakeups)
     # sustained traffic: batched, max_delay apart
     before = dict(driver.wakeups)
-    seconds = 3.0
+    seconds = 2.0
     sent = 1 + publish(seconds, 200)
     settle(sent)
     out.update(sent=sent, received=reader.received, seconds=seconds,
@@ -89,9 +89,9 @@ def main():
                readable=driver.wakeups['readable'] - before['readable'],
                alive=sorted(w.hostname for w in gossip.state.alive_workers()))
     # idle: nothing wakes it
-    sleep(0.5)
+    sleep(0.3)
     idle_before = dict(driver.wakeups)
-    sleep(1.5)
+    sleep(1.0)
     out['idle_wakeups'] = {k: driver.wakeups[k] - idle_before[k] for k in idle_before}
     out['mode_idle'] = driver.mode
     # the connection lost under it: it reconnects from its greenlet
