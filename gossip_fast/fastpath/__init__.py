@@ -112,8 +112,9 @@ def transport_of(channel):
 
 
 def start(gossip, channel, queue, hub, check_channel=False):
-    """The fast path on *channel*'s broker, started (a :class:`HubDriver`),
-    or None for kombu's consumer (with the reason in
+    """The fast path on *channel*'s broker, started (a :class:`HubDriver`
+    on the worker's event loop *hub*, or a :class:`GreenDriver` where there
+    is none), or None for kombu's consumer (with the reason in
     ``gossip.receive_fallback``).
 
     With *check_channel* (the consumer starting), a reader that cannot

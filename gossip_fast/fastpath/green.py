@@ -8,9 +8,10 @@ at a time from the consumer's connection and, after each, waits up to
 greenlet waits on the reader's socket (cooperatively, as every green socket
 does) and drains as :class:`~.pacing.Pacing` says, the same schedule as on
 the hub: at once while events arrive seldom, ``max_delay`` apart once they
-arrive more often.  A greenlet runs until it waits, so a drain (at most
-the reader's ``budget``) is never interleaved with the step's other work,
-as kombu's consumer callbacks are not.
+arrive more often.  A greenlet runs until it waits, and a drain (at most
+the reader's ``budget``) waits on nothing but what user handlers may wait
+on, so other greenlets never see a batch half-applied, as with kombu's
+consumer callbacks.
 """
 import socket
 
@@ -28,6 +29,8 @@ GREEN = ('gevent', 'eventlet')
 
 
 class _Gevent:
+    """The calls the driver needs, from gevent."""
+
     def __init__(self):
         import gevent
         from gevent.socket import wait_read
@@ -46,6 +49,8 @@ class _Gevent:
 
 
 class _Eventlet:
+    """The same calls, from eventlet."""
+
     def __init__(self):
         import eventlet
         from eventlet.greenthread import getcurrent
