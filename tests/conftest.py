@@ -91,3 +91,14 @@ def pytest_report_header(config):
             f" (extension error: {implementation.EXTENSION_ERROR})"
             if implementation.EXTENSION_ERROR else
             f"gossip_fast implementation: {implementation.IMPLEMENTATION}")
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def fast_broker(request, monkeypatch):
+    """Each real broker that has a fast reader (its session server), with
+    the receive mode left to the default."""
+    monkeypatch.delenv("GOSSIP_FAST_RECEIVE", raising=False)
+    if request.param == "redis":
+        pytest.importorskip("hiredis")
+        pytest.importorskip("msgspec")
+    return request.getfixturevalue(f"{request.param}_server")

@@ -32,8 +32,8 @@ from kombu import Connection  # noqa: E402
 from kombu.asynchronous.timer import Timer  # noqa: E402
 
 from gossip_fast import fastpath  # noqa: E402
-from gossip_fast.bootstep import Gossip  # noqa: E402
 from gossip_fast.simulate import SimulatedConsumer  # noqa: E402
+from tests.conftest import gossip_class  # noqa: E402
 
 PEERS = 10
 
@@ -42,8 +42,7 @@ def main():
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     core = importlib.import_module({'cython': 'gossip_fast._core',
                                     'python': 'gossip_fast._core_py'}[CORE])
-    cls = type('Gossip', (Gossip,), {'core': core, 'name': Gossip.name,
-                                     '__module__': Gossip.__module__})
+    cls = gossip_class(core)
     app = Celery('t', broker=URL, set_as_current=False)
     # a green worker's consumer: no hub (its timer is not run here)
     consumer = SimulatedConsumer(app, hostname='green@test', timer=Timer(), hub=None)

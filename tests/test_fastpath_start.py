@@ -29,13 +29,9 @@ pytestmark = pytest.mark.broker
 BOOTSTEP_LOGGER = "gossip_fast.bootstep"
 
 
-@pytest.fixture(params=["redis", "rabbitmq"])
-def server(request, monkeypatch):
-    monkeypatch.delenv("GOSSIP_FAST_RECEIVE", raising=False)
-    if request.param == "redis":
-        pytest.importorskip("hiredis")
-        pytest.importorskip("msgspec")
-    return request.getfixturevalue(f"{request.param}_server")
+@pytest.fixture
+def server(fast_broker):
+    return fast_broker
 
 
 @pytest.fixture

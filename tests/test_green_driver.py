@@ -19,13 +19,9 @@ pytestmark = pytest.mark.broker
 ROOT = __file__.rsplit("/tests/", 1)[0]
 
 
-@pytest.fixture(params=["redis", "rabbitmq"])
-def url(request, monkeypatch):
-    monkeypatch.delenv("GOSSIP_FAST_RECEIVE", raising=False)
-    if request.param == "redis":
-        pytest.importorskip("hiredis")
-        pytest.importorskip("msgspec")
-    return request.getfixturevalue(f"{request.param}_server").url
+@pytest.fixture
+def url(fast_broker):
+    return fast_broker.url
 
 
 @pytest.mark.parametrize("core_name", IMPLEMENTATIONS)

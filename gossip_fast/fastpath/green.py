@@ -83,8 +83,6 @@ class GreenDriver(Pacing):
     def __init__(self, reader, library):
         super().__init__(reader)
         self.green = _Gevent() if library == 'gevent' else _Eventlet()
-        #: Said in the start line: where drains run.
-        self.where = f'{library} greenlet'
         self.library = library
         self._greenlet = None
 
@@ -102,6 +100,11 @@ class GreenDriver(Pacing):
             self.green.kill(greenlet)  # it is waiting: it ends there
         self.reader.stop()
         self.reader.watcher = None
+
+    @property
+    def where(self):
+        """Said in the start line: where drains run."""
+        return f'{self.library} greenlet'
 
     def stats(self):
         return dict(super().stats(), greenlet=self.library)
